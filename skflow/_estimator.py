@@ -1,0 +1,460 @@
+"""The scikit-learn layer: parameters, validation, numpy in and out, outlier API.
+
+This is the only module that imports scikit-learn. It turns arrays into
+tensors, builds the torch flow late (in ``fit``), hands it to the engine's
+training loop, and keeps the fitted flow so that it pickles anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
+from skflow.engine.training import EVAL_CHUNK
+from skflow.engine.transforms import Affine, Compose
+
+# Under contamination="auto", the offset is this quantile of the scores of
+# held-out (validation) rows.
+AUTO_TAIL = 0.01
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class FlowDensity(OutlierMixin, BaseEstimator):
+    """Normalizing-flow density estimator and outlier detector.
+
+    A flow maps data through a stack of invertible layers to a standard
+    normal; the change-of-variables formula gives the exact log-density of
+    every row. The data are standardized inside the flow, so
+    :meth:`score_samples` reports log-densities in the units of ``X``.
+
+    Parameters
+    ----------
+    kind : str, default="maf"
+        Flow family. ``"maf"`` (masked autoregressive flow: fast density,
+        sampling takes one pass per feature) or ``"realnvp"`` (affine
+        coupling: fast in both directions).
+    n_layers : int, default=5
+        Number of flow layers (transforms) stacked.
+    hidden_units : int or tuple of int, default=(128, 128)
+        Hidden layer widths of each layer's conditioner network. An int ``h``
+        means ``(h, h)``.
+    max_iter : int, default=500
+        Maximum number of epochs (passes over the training data).
+    batch_size : int or "auto", default="auto"
+        Minibatch size; ``"auto"`` uses ``min(256, n_train)``.
+    learning_rate : float, default=1e-3
+        Adam (AdamW) learning rate.
+    weight_decay : float, default=0.0
+        Decoupled weight decay (AdamW); a small value helps on small tables.
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the rows, stop when their mean
+        log-likelihood stops improving and restore the best weights. When
+        False, all rows are used for training and training stops when the
+        training loss stops improving.
+    validation_fraction : float, default=0.1
+        Fraction of rows held out for early stopping (at least one row).
+    n_iter_no_change : int, default=20
+        Epochs without an improvement larger than ``tol`` before stopping.
+    tol : float, default=1e-4
+        Minimum improvement of the monitored mean log-likelihood, in nats.
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Expected proportion of outliers, used to set ``offset_``. With a
+        float, ``offset_`` is that quantile of the training scores, so that
+        fraction of the training rows is flagged. With ``"auto"``,
+        ``offset_`` is the 1% quantile of the scores of the held-out
+        validation rows (of the training rows when ``early_stopping=False``):
+        about 1% of new normal data is flagged, however much the flow
+        overfits its training rows.
+    device : str or torch.device, default="auto"
+        Where to train and score: ``"auto"`` picks CUDA, then MPS, then CPU;
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``.
+        Requesting a device this machine lacks raises ``ValueError``.
+    dtype : {"float32", "float64"}, default="float32"
+        Floating point precision of the flow; ``"float64"`` is slower but
+        exact to more digits.
+    max_time : float or None, default=None
+        Training time budget in seconds; training stops (keeping the best
+        weights) once it is spent. None means no limit.
+    kind_options : dict or None, default=None
+        Extra keyword options for the chosen ``kind``'s constructor.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialization, the validation split and minibatch
+        order. An int makes ``fit`` reproducible.
+    verbose : int, default=0
+        Print the training and validation loss of every epoch when > 0.
+
+    Attributes
+    ----------
+    flow_ : torch.nn.Module
+        The fitted flow (standardization included), on ``device_``.
+    device_ : torch.device
+        Device the flow lives on.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names, when ``X`` was a DataFrame with string column names.
+    loss_curve_ : list of float
+        Mean training negative log-likelihood (nats per row) of each epoch.
+    validation_scores_ : list of float or None
+        Validation mean log-likelihood after each epoch (None without
+        early stopping).
+    best_validation_score_ : float or None
+        Best validation mean log-likelihood (the restored weights').
+    n_iter_ : int
+        Number of epochs run.
+    offset_ : float
+        Threshold on :meth:`score_samples`; ``decision_function`` is
+        ``score_samples(X) - offset_``.
+
+    See Also
+    --------
+    sklearn.mixture.GaussianMixture : Mixture-of-Gaussians density.
+    sklearn.neighbors.KernelDensity : Kernel density estimate.
+    sklearn.ensemble.IsolationForest : Tree-based outlier detector.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_wine
+    >>> from skflow import FlowDensity
+    >>> X = load_wine().data
+    >>> est = FlowDensity(kind="maf", max_iter=20, random_state=0).fit(X)
+    >>> est.score_samples(X[:3]).shape
+    (3,)
+    >>> est.sample(5, random_state=0).shape
+    (5, 13)
+    >>> est.predict(X[:3]).tolist()  # +1 inlier, -1 outlier
+    [1, 1, 1]
+    """
+
+    _parameter_constraints: dict = {
+        "kind": [StrOptions(set(KINDS))],
+        "n_layers": [Interval(Integral, 1, None, closed="left")],
+        "hidden_units": [Interval(Integral, 1, None, closed="left"), tuple, list],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
+        "device": [str, torch.device],
+        "dtype": [StrOptions(set(_DTYPES))],
+        "max_time": [None, Interval(Real, 0, None, closed="neither")],
+        "kind_options": [None, dict],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        kind="maf",
+        *,
+        n_layers=5,
+        hidden_units=(128, 128),
+        max_iter=500,
+        batch_size="auto",
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        early_stopping=True,
+        validation_fraction=0.1,
+        n_iter_no_change=20,
+        tol=1e-4,
+        contamination="auto",
+        device="auto",
+        dtype="float32",
+        max_time=None,
+        kind_options=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.kind = kind
+        self.n_layers = n_layers
+        self.hidden_units = hidden_units
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.contamination = contamination
+        self.device = device
+        self.dtype = dtype
+        self.max_time = max_time
+        self.kind_options = kind_options
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+    def _hidden_units(self) -> tuple[int, ...]:
+        units = self.hidden_units
+        if isinstance(units, Integral):
+            return (int(units), int(units))
+        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in units):
+            raise ValueError(
+                f"hidden_units must be a positive int or a tuple of positive ints, got {units!r}."
+            )
+        return tuple(int(h) for h in units)
+
+    def _build_flow(self, X: np.ndarray) -> Flow:
+        loc = X.mean(axis=0)
+        scale = X.std(axis=0)
+        # A constant column has no spread to standardize by; keep its scale.
+        scale = np.where(scale > 0, scale, 1.0)
+        standardize = Affine(torch.as_tensor(loc), torch.as_tensor(scale))
+        body = build_transform(
+            self.kind,
+            X.shape[1],
+            n_layers=self.n_layers,
+            hidden_units=self._hidden_units(),
+            **(self.kind_options or {}),
+        )
+        return Flow(Compose(standardize, body), StandardNormal(X.shape[1]))
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the flow to ``X`` by maximum likelihood.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data (numpy array or pandas DataFrame), at least 2 rows.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : FlowDensity
+            The fitted estimator.
+        """
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        self._hidden_units()  # fail fast, before any torch work
+        device = resolve_device(self.device)
+        dtype = _DTYPES[self.dtype]
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+
+        n = X.shape[0]
+        order = rng.permutation(n)
+        if self.early_stopping:
+            n_val = min(max(1, int(round(self.validation_fraction * n))), n - 1)
+            val_idx, train_idx = order[:n_val], order[n_val:]
+        else:
+            val_idx, train_idx = None, order
+        X_train = X[train_idx]
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            try:
+                flow = self._build_flow(X_train)
+            except TypeError as exc:
+                raise TypeError(
+                    f"kind_options={self.kind_options!r} are not valid for kind={self.kind!r}: "
+                    f"{exc}"
+                ) from None
+        flow = flow.to(device=device, dtype=dtype)
+
+        def as_tensor(a):
+            return torch.tensor(a, dtype=dtype).to(device)
+
+        batch_size = min(256, len(train_idx)) if self.batch_size == "auto" else self.batch_size
+        generator = torch.Generator().manual_seed(seed)
+        result = train_flow(
+            flow,
+            as_tensor(X_train),
+            as_tensor(X[val_idx]) if val_idx is not None else None,
+            max_iter=self.max_iter,
+            batch_size=batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol,
+            generator=generator,
+            max_time=self.max_time,
+            on_epoch=self._report_epoch if self.verbose else None,
+        )
+        self._warn_training(result)
+
+        self.flow_ = flow
+        self.device_ = device
+        self.loss_curve_ = result.loss_curve
+        self.validation_scores_ = result.validation_scores if self.early_stopping else None
+        self.best_validation_score_ = (
+            max(result.validation_scores, default=None) if self.early_stopping else None
+        )
+        self.n_iter_ = result.n_iter
+        self.offset_ = self._compute_offset(X, val_idx)
+        return self
+
+    def _report_epoch(self, epoch: int, train_loss: float, val_score: float | None) -> None:
+        msg = f"epoch {epoch:4d}  train NLL {train_loss:.4f}"
+        if val_score is not None:
+            msg += f"  validation log-likelihood {val_score:.4f}"
+        print(msg, flush=True)
+
+    def _warn_training(self, result) -> None:
+        if result.stop_reason == "diverged":
+            warnings.warn(
+                f"Training of kind={self.kind!r} diverged (non-finite loss) at epoch "
+                f"{result.n_iter}; the weights of epoch {result.best_epoch} were restored. "
+                "Try a smaller learning_rate, fewer n_layers or dtype='float64'.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        elif result.stop_reason == "max_iter":
+            warnings.warn(
+                f"FlowDensity reached max_iter={self.max_iter} epochs before the "
+                "monitored log-likelihood stopped improving; consider increasing max_iter.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    def _compute_offset(self, X: np.ndarray, val_idx: np.ndarray | None) -> float:
+        if self.contamination == "auto":
+            # Held-out rows show how new normal data score (training rows are
+            # flattered by overfitting), so "auto" takes their tail.
+            rows = X[val_idx] if val_idx is not None else X
+            return float(np.percentile(self.score_samples(rows), 100.0 * AUTO_TAIL))
+        return float(np.percentile(self.score_samples(X), 100.0 * self.contamination))
+
+    # -------------------------------------------------------------- scoring
+    def _validate_query(self, X) -> torch.Tensor:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        # torch.tensor copies, so read-only (memmapped) input is fine.
+        return torch.tensor(X, dtype=_DTYPES[self.dtype])
+
+    def score_samples(self, X):
+        """Log-density of each row of ``X`` under the fitted flow.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Query points, in the units of the training data.
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+            ``log p(x)`` in nats, for the density of the raw ``X`` (the
+            internal standardization is accounted for). Lower means more
+            abnormal.
+        """
+        X = self._validate_query(X)
+        out = np.empty(X.shape[0], dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], EVAL_CHUNK):
+                chunk = X[start : start + EVAL_CHUNK].to(self.device_)
+                out[start : start + EVAL_CHUNK] = self.flow_.log_prob(chunk).double().cpu().numpy()
+        return out
+
+    def score(self, X, y=None):
+        """Mean log-likelihood of the rows of ``X`` (higher is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Query points.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        score : float
+            Mean of :meth:`score_samples` over the rows, in nats.
+        """
+        return float(np.mean(self.score_samples(X)))
+
+    def decision_function(self, X):
+        """Shifted log-density: negative for outliers, positive for inliers.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Query points.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+            ``score_samples(X) - offset_``.
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """Label each row as inlier (+1) or outlier (-1).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Query points.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            +1 where ``decision_function(X) >= 0``, else -1.
+        """
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    def sample(self, n_samples=1, random_state=None):
+        """Draw samples from the fitted density.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of rows to draw (0 gives an empty array).
+        random_state : int, RandomState instance or None, default=None
+            Seed for the draws; the same seed gives the same samples.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features_in_)
+            Samples in the units of the training data.
+        """
+        check_is_fitted(self)
+        if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 0:
+            raise ValueError(f"n_samples must be a non-negative int, got {n_samples!r}.")
+        seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+        gen = torch.Generator().manual_seed(seed)
+        with torch.inference_mode():
+            x = self.flow_.sample(int(n_samples), generator=gen)
+        return x.double().cpu().numpy()
+
+    # ---------------------------------------------------------- persistence
+    def __getstate__(self):
+        # BaseEstimator may hand back the live __dict__: copy before editing.
+        state = dict(super().__getstate__())
+        if "flow_" in state and self.device_.type != "cpu":
+            # Pickle the flow on CPU so the file loads on machines without a GPU.
+            state["flow_"] = copy.deepcopy(self.flow_).cpu()
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "flow_" not in self.__dict__:
+            return
+        wanted = self.__dict__.get("device_", torch.device("cpu"))
+        try:
+            device = resolve_device(wanted)
+        except ValueError:
+            warnings.warn(
+                f"This FlowDensity was fitted on {wanted}, which is not available here; "
+                "it will score and sample on the CPU.",
+                UserWarning,
+                stacklevel=2,
+            )
+            device = torch.device("cpu")
+        self.flow_ = self.flow_.to(device)
+        self.device_ = device

@@ -1,0 +1,29 @@
+"""One constructor per flow family; ``KINDS`` maps a ``kind`` string to it.
+
+A constructor takes ``n_features`` plus keyword options (at least
+``n_layers`` and ``hidden_units``) and returns a
+:class:`~skflow.engine.transforms.Transform` mapping standardized data to the
+latent space. Adding a family means one module here and one line in ``KINDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from skflow.engine.flows.maf import build_maf
+from skflow.engine.flows.realnvp import build_realnvp
+from skflow.engine.transforms import Transform
+
+KINDS: dict[str, Callable[..., Transform]] = {
+    "maf": build_maf,
+    "realnvp": build_realnvp,
+}
+
+
+def build_transform(kind: str, n_features: int, **options: object) -> Transform:
+    """Build the transform of flow family ``kind`` for ``n_features`` features."""
+    try:
+        builder = KINDS[kind]
+    except KeyError:
+        raise ValueError(f"Unknown flow kind {kind!r}; choose one of {sorted(KINDS)}.") from None
+    return builder(n_features, **options)

@@ -1,0 +1,99 @@
+"""Neural networks used as conditioners: plain MLPs and masked MLPs (MADE)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def _zero_last(linear: nn.Linear) -> None:
+    # A zero output layer makes every flow layer start as the identity (or a
+    # fixed elementwise map), which keeps the first steps of training stable.
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+
+
+class MLP(nn.Sequential):
+    """Fully connected network ``in_features -> hidden_units -> out_features``.
+
+    A zero ``in_features`` is allowed (a coupling layer on one column has
+    nothing to condition on): the network then learns a constant output.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_units: Sequence[int],
+        activation: type[nn.Module] = nn.ReLU,
+        zero_init: bool = True,
+    ) -> None:
+        self.constant_input = in_features == 0
+        layers: list[nn.Module] = []
+        width = max(in_features, 1)
+        for h in hidden_units:
+            layers += [nn.Linear(width, h), activation()]
+            width = h
+        last = nn.Linear(width, out_features)
+        if zero_init:
+            _zero_last(last)
+        super().__init__(*layers, last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.constant_input:
+            x = x.new_ones(x.shape[:-1] + (1,))
+        return super().forward(x)
+
+
+class MaskedLinear(nn.Linear):
+    """Linear layer whose weight is multiplied by a fixed 0/1 mask."""
+
+    def __init__(self, mask: Tensor, bias: bool = True) -> None:
+        out_features, in_features = mask.shape
+        super().__init__(in_features, out_features, bias=bias)
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """Masked autoencoder for distribution estimation (Germain et al. 2015).
+
+    Output ``[..., i, :]`` (``n_params`` values for feature ``i``) depends only
+    on input features ``0 .. i-1`` (the natural order; flows permute between
+    layers). Hidden degrees are assigned cyclically, so the masks are
+    deterministic and every hidden unit is used.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        n_params: int,
+        hidden_units: Sequence[int],
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.n_features = n_features
+        self.n_params = n_params
+        in_deg = torch.arange(1, n_features + 1)
+        # Hidden degrees in 1..D-1 (0 when D == 1, i.e. no input connection).
+        span = max(n_features - 1, 1)
+        low = min(n_features - 1, 1)
+        layers: list[nn.Module] = []
+        prev = in_deg
+        for h in hidden_units:
+            deg = torch.arange(h) % span + low
+            layers += [MaskedLinear(deg[:, None] >= prev[None, :]), activation()]
+            prev = deg
+        out_deg = in_deg.repeat_interleave(n_params)
+        last = MaskedLinear(out_deg[:, None] > prev[None, :])
+        _zero_last(last)
+        layers.append(last)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.net(x)
+        return out.view(*x.shape[:-1], self.n_features, self.n_params)

@@ -1,0 +1,156 @@
+"""Maximum-likelihood training loop for flows.
+
+Minibatch Adam over tensors already on the target device (no DataLoader, no
+per-step host transfer), early stopping on a validation split with patience,
+best-weights restore, gradient clipping and a guard against non-finite
+losses. It reports what happened; the estimator layer turns that into
+warnings for the user.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from skflow.engine.distributions import Flow
+
+EVAL_CHUNK = 65536
+
+
+@dataclass
+class TrainingResult:
+    """What happened during :func:`train_flow`.
+
+    ``loss_curve`` holds the mean training negative log-likelihood of each
+    epoch; ``validation_scores`` the validation mean log-likelihood after each
+    epoch (empty without validation data). ``stop_reason`` is one of
+    ``"converged"``, ``"max_iter"``, ``"max_time"`` or ``"diverged"``.
+    """
+
+    loss_curve: list[float] = field(default_factory=list)
+    validation_scores: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    best_epoch: int = 0
+    stop_reason: str = "max_iter"
+
+
+@torch.no_grad()
+def mean_log_prob(flow: Flow, X: Tensor, chunk: int = EVAL_CHUNK) -> float:
+    """Mean log-likelihood of ``X`` under ``flow`` (evaluated in eval mode, in chunks)."""
+    was_training = flow.training
+    flow.eval()
+    total = X.new_zeros(())
+    for start in range(0, X.shape[0], chunk):
+        total += flow.log_prob(X[start : start + chunk]).sum()
+    flow.train(was_training)
+    return float(total) / X.shape[0]
+
+
+def _params_finite(flow: Flow) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in flow.parameters())
+
+
+def train_flow(
+    flow: Flow,
+    X_train: Tensor,
+    X_val: Tensor | None,
+    *,
+    max_iter: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    n_iter_no_change: int = 10,
+    tol: float = 1e-4,
+    clip_grad: float = 5.0,
+    generator: torch.Generator | None = None,
+    max_time: float | None = None,
+    on_epoch: Callable[[int, float, float | None], None] | None = None,
+) -> TrainingResult:
+    """Fit ``flow`` to ``X_train`` by maximum likelihood, in place.
+
+    With ``X_val``, training stops once the validation mean log-likelihood has
+    not improved by more than ``tol`` for ``n_iter_no_change`` epochs, and the
+    weights of the best validation epoch are restored. Without it, the same
+    rule applies to the training loss and the final weights are kept. A
+    non-finite loss or parameter stops training and restores the best weights
+    seen so far (``stop_reason="diverged"``).
+    """
+    result = TrainingResult()
+    params = [p for p in flow.parameters() if p.requires_grad]
+    if not params:  # nothing to learn (e.g. a purely fixed transform)
+        result.stop_reason = "converged"
+        return result
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    n = X_train.shape[0]
+    batch_size = min(batch_size, n)
+    # Drop a ragged last batch unless it is the only one: tiny batches give
+    # noisy steps and break batch-statistics layers.
+    n_batches = max(n // batch_size, 1)
+    start_time = time.monotonic()
+
+    best_score = mean_log_prob(flow, X_val) if X_val is not None else -math.inf
+    if not math.isfinite(best_score) and X_val is not None:
+        best_score = -math.inf
+    best_state = copy.deepcopy(flow.state_dict())
+    stall = 0
+    flow.train()
+    for epoch in range(1, max_iter + 1):
+        perm = torch.randperm(n, generator=generator).to(X_train.device)
+        epoch_loss = X_train.new_zeros(())
+        out_of_time = False
+        for b in range(n_batches):
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            loss = -flow.log_prob(X_train[idx]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            optimizer.step()
+            epoch_loss += loss.detach()
+            if max_time is not None and time.monotonic() - start_time > max_time:
+                out_of_time = True
+                n_done = b + 1
+                break
+        else:
+            n_done = n_batches
+        train_loss = float(epoch_loss) / n_done
+        result.n_iter = epoch
+        result.loss_curve.append(train_loss)
+        val_score = mean_log_prob(flow, X_val) if X_val is not None else None
+
+        monitored = val_score if val_score is not None else -train_loss
+        if not (math.isfinite(train_loss) and math.isfinite(monitored)) or not _params_finite(flow):
+            result.stop_reason = "diverged"
+            result.loss_curve[-1] = train_loss if math.isfinite(train_loss) else math.nan
+            if val_score is not None:
+                result.validation_scores.append(val_score if math.isfinite(val_score) else math.nan)
+            flow.load_state_dict(best_state)
+            break
+        if val_score is not None:
+            result.validation_scores.append(val_score)
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss, val_score)
+
+        if monitored > best_score + tol:
+            stall = 0
+        else:
+            stall += 1
+        if monitored > best_score:
+            best_score = monitored
+            result.best_epoch = epoch
+            best_state = copy.deepcopy(flow.state_dict())
+        if out_of_time:
+            result.stop_reason = "max_time"
+            break
+        if stall >= n_iter_no_change:
+            result.stop_reason = "converged"
+            break
+    if X_val is not None and result.stop_reason != "diverged":
+        flow.load_state_dict(best_state)
+    flow.eval()
+    return result

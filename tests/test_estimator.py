@@ -1,0 +1,209 @@
+"""Behaviour of the public estimator: API, integration with sklearn, errors."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_wine, make_moons
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skflow import FlowDensity
+
+FAST = dict(n_layers=2, hidden_units=16, max_iter=15, random_state=0)
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@pytest.fixture(scope="module")
+def moons():
+    X, _ = make_moons(n_samples=400, noise=0.1, random_state=0)
+    return X
+
+
+@pytest.mark.parametrize("kind", ["maf", "realnvp"])
+def test_basic_api(kind, moons):
+    est = FlowDensity(kind=kind, **FAST).fit(moons)
+    s = est.score_samples(moons)
+    assert s.shape == (400,) and s.dtype == np.float64 and np.isfinite(s).all()
+    assert est.score(moons) == pytest.approx(s.mean())
+    np.testing.assert_allclose(est.decision_function(moons), s - est.offset_)
+    pred = est.predict(moons)
+    assert set(np.unique(pred)) <= {-1, 1}
+    assert est.sample(10, random_state=0).shape == (10, 2)
+    assert est.sample(0).shape == (0, 2)
+    assert est.n_features_in_ == 2 and est.n_iter_ == len(est.loss_curve_)
+    assert len(est.validation_scores_) == est.n_iter_
+    assert est.best_validation_score_ == max(est.validation_scores_)
+    assert est.device_ == torch.device("cpu")
+
+
+def test_best_weights_are_restored(moons):
+    est = FlowDensity(**{**FAST, "max_iter": 40}).fit(moons)
+    # The kept weights are those of the best validation epoch, so rescoring
+    # the validation rows reproduces the best validation score.
+    rng = np.random.RandomState(0)
+    rng.randint(np.iinfo(np.int32).max)
+    val = moons[rng.permutation(len(moons))[:40]]
+    assert est.score(val) == pytest.approx(est.best_validation_score_, abs=1e-4)
+
+
+def test_contamination_sets_training_outlier_fraction(moons):
+    est = FlowDensity(contamination=0.1, **FAST).fit(moons)
+    assert np.mean(est.predict(moons) == -1) == pytest.approx(0.1, abs=0.01)
+    assert np.array_equal(
+        FlowDensity(contamination=0.1, **FAST).fit_predict(moons), est.predict(moons)
+    )
+
+
+def test_auto_contamination_flags_few_normal_points_and_far_points(moons):
+    est = FlowDensity(**FAST).fit(moons)
+    assert np.mean(est.predict(moons) == -1) < 0.05
+    assert (est.predict(np.array([[10.0, 10.0], [-8.0, 5.0]])) == -1).all()
+
+
+def test_determinism(moons):
+    a = FlowDensity(**FAST).fit(moons)
+    b = FlowDensity(**FAST).fit(moons)
+    assert a.loss_curve_ == b.loss_curve_
+    np.testing.assert_array_equal(a.score_samples(moons), b.score_samples(moons))
+    np.testing.assert_array_equal(a.sample(5, random_state=3), b.sample(5, random_state=3))
+    assert not np.array_equal(a.sample(5, random_state=3), a.sample(5, random_state=4))
+    c = FlowDensity(**{**FAST, "random_state": 1}).fit(moons)
+    assert a.loss_curve_ != c.loss_curve_
+
+
+def test_fit_does_not_touch_global_torch_rng(moons):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    FlowDensity(**FAST).fit(moons)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_pickle_and_joblib_round_trip(moons, tmp_path):
+    est = FlowDensity(**FAST).fit(moons)
+    expected = est.score_samples(moons)
+    loaded = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(loaded.score_samples(moons), expected)
+    joblib.dump(est, tmp_path / "m.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "m.joblib").score_samples(moons), expected)
+
+
+def test_unpickle_without_the_fitted_device_falls_back_to_cpu(moons):
+    est = FlowDensity(**FAST).fit(moons)
+    state = est.__getstate__()
+    state["device_"] = torch.device("cuda:7") if not torch.cuda.is_available() else state["device_"]
+    new = FlowDensity.__new__(FlowDensity)
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.warns(UserWarning, match="not available here"):
+        new.__setstate__(state)
+    assert new.device_ == torch.device("cpu")
+    np.testing.assert_array_equal(new.score_samples(moons), est.score_samples(moons))
+
+
+def test_pipeline_clone_and_cross_val(moons):
+    pipe = make_pipeline(StandardScaler(), FlowDensity(**FAST))
+    scores = cross_val_score(pipe, moons, cv=3)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    est = clone(FlowDensity(kind="realnvp", **FAST))
+    assert est.get_params()["kind"] == "realnvp" and not hasattr(est, "flow_")
+
+
+def test_grid_search_parallel_over_kinds(moons):
+    grid = GridSearchCV(
+        FlowDensity(**FAST), {"kind": ["maf", "realnvp"], "n_layers": [1, 2]}, cv=2, n_jobs=2
+    ).fit(moons)
+    assert grid.best_params_["kind"] in {"maf", "realnvp"}
+    assert np.isfinite(grid.cv_results_["mean_test_score"]).all()
+
+
+def test_pandas_feature_names(moons):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(moons, columns=["a", "b"])
+    est = FlowDensity(**FAST).fit(df)
+    assert list(est.feature_names_in_) == ["a", "b"]
+    np.testing.assert_allclose(est.score_samples(df), est.score_samples(moons))
+    with pytest.warns(UserWarning, match="feature names"):
+        est.score_samples(moons)
+    with pytest.raises(ValueError, match="feature names"):
+        est.score_samples(df.rename(columns={"a": "z"}))
+
+
+def test_without_early_stopping(moons):
+    est = FlowDensity(early_stopping=False, **FAST).fit(moons)
+    assert est.validation_scores_ is None and est.best_validation_score_ is None
+    assert np.isfinite(est.score(moons))
+
+
+def test_divergence_is_caught_and_model_still_scores():
+    X = load_wine().data
+    with pytest.warns(ConvergenceWarning, match="diverged"):
+        est = FlowDensity(learning_rate=1e6, n_layers=3, max_iter=30, random_state=0).fit(X)
+    assert np.isfinite(est.score_samples(X)).all()
+
+
+def test_max_iter_warning(moons):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ConvergenceWarning, match="max_iter"):
+            FlowDensity(n_layers=1, hidden_units=4, max_iter=1, random_state=0).fit(moons)
+
+
+def test_max_time_stops_training(moons):
+    est = FlowDensity(max_time=1e-4, n_iter_no_change=1000, random_state=0).fit(moons)
+    assert est.n_iter_ == 1 and np.isfinite(est.score(moons))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(kind="nope"), "kind"),
+        (dict(n_layers=0), "n_layers"),
+        (dict(hidden_units=(8, 0)), "hidden_units"),
+        (dict(hidden_units="wide"), "hidden_units"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(contamination=0.7), "contamination"),
+        (dict(validation_fraction=1.0), "validation_fraction"),
+        (dict(device="tpu"), "device"),
+        (dict(dtype="float16"), "dtype"),
+        (dict(kind_options={"no_such_option": 1}), "kind_options"),
+    ],
+)
+def test_invalid_parameters_raise_clear_errors(params, match, moons):
+    with pytest.raises((ValueError, TypeError), match=match):
+        FlowDensity(**{**FAST, **params}).fit(moons)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_raises(moons):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        FlowDensity(device="cuda", **FAST).fit(moons)
+
+
+def test_bad_sample_and_query_input(moons):
+    est = FlowDensity(**FAST).fit(moons)
+    with pytest.raises(ValueError, match="n_samples"):
+        est.sample(-1)
+    with pytest.raises(ValueError, match="features"):
+        est.score_samples(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        est.score_samples(np.array([[np.nan, 0.0]]))
+
+
+@pytest.mark.gpu
+def test_cuda_fit_then_cpu_pickle(moons):
+    est = FlowDensity(device="cuda", **FAST).fit(moons)
+    assert est.device_.type == "cuda"
+    expected = est.score_samples(moons)
+    state = pickle.dumps(est)
+    loaded = pickle.loads(state)
+    np.testing.assert_allclose(loaded.score_samples(moons), expected, rtol=1e-5, atol=1e-5)

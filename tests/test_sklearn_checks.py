@@ -1,0 +1,25 @@
+"""scikit-learn's own estimator checks, for every flow kind."""
+
+from __future__ import annotations
+
+import warnings
+
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skflow import FlowDensity
+from skflow.engine import KINDS
+
+# Tiny networks and few epochs: the checks test the API contract, not fit quality.
+ESTIMATORS = [
+    FlowDensity(kind=kind, n_layers=2, hidden_units=8, max_iter=3, random_state=0)
+    for kind in sorted(KINDS)
+]
+
+
+@parametrize_with_checks(ESTIMATORS)
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        # Three epochs never converge; that warning is expected here.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
