@@ -210,20 +210,28 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             )
         return tuple(int(h) for h in units)
 
-    def _build_flow(self, X: np.ndarray) -> Flow:
-        loc = X.mean(axis=0)
-        scale = X.std(axis=0)
-        # A constant column has no spread to standardize by; keep its scale.
-        scale = np.where(scale > 0, scale, 1.0)
-        standardize = Affine(torch.as_tensor(loc), torch.as_tensor(scale))
+    def _build_flow(self, n_features: int) -> Flow:
+        """The flow's structure, which depends only on the parameters and the
+        number of features; everything fitted lives in its ``state_dict``
+        (weights and buffers), so a saved state restores it exactly."""
+        preprocess = Affine(torch.zeros(n_features), torch.ones(n_features))
         body = build_transform(
             self.kind,
-            X.shape[1],
+            n_features,
             n_layers=self.n_layers,
             hidden_units=self._hidden_units(),
             **(self.kind_options or {}),
         )
-        return Flow(Compose(standardize, body), StandardNormal(X.shape[1]))
+        return Flow(Compose(preprocess, body), StandardNormal(n_features))
+
+    @staticmethod
+    def _fit_preprocessing(flow: Flow, X: np.ndarray) -> None:
+        """Set the fixed standardization layer (the first transform) from ``X``."""
+        loc = X.mean(axis=0)
+        scale = X.std(axis=0)
+        # A constant column has no spread to standardize by; keep its scale.
+        scale = np.where(scale > 0, scale, 1.0)
+        flow.transform.transforms[0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -260,12 +268,13 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             try:
-                flow = self._build_flow(X_train)
+                flow = self._build_flow(X.shape[1])
             except TypeError as exc:
                 raise TypeError(
                     f"kind_options={self.kind_options!r} are not valid for kind={self.kind!r}: "
                     f"{exc}"
                 ) from None
+        self._fit_preprocessing(flow, X_train)
         flow = flow.to(device=device, dtype=dtype)
 
         def as_tensor(a):

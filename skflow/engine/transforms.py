@@ -77,10 +77,17 @@ class Affine(Transform):
 
     def __init__(self, loc: Tensor, scale: Tensor) -> None:
         super().__init__()
+        self.register_buffer("loc", torch.empty_like(loc))
+        self.register_buffer("log_scale", torch.empty_like(scale))
+        self.reset(loc, scale)
+
+    @torch.no_grad()
+    def reset(self, loc: Tensor, scale: Tensor) -> None:
+        """Set ``loc`` and ``scale`` (e.g. from data, once the layer exists)."""
         if not bool((scale > 0).all()):
             raise ValueError("Affine scale must be strictly positive.")
-        self.register_buffer("loc", loc.clone())
-        self.register_buffer("log_scale", scale.log())
+        self.loc.copy_(loc)
+        self.log_scale.copy_(scale.log())
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = (x - self.loc) * torch.exp(-self.log_scale)
