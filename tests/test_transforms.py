@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform
+from skflow.engine.flows.planar import Planar
+from skflow.engine.splines import RationalQuadraticSplineTransformer
 from skflow.engine.transforms import (
     Affine,
     AffineTransformer,
@@ -31,6 +33,15 @@ LAYERS = {
     "masked_autoregressive": lambda d: MaskedAutoregressive(d, AffineTransformer(), HIDDEN),
     "coupling": lambda d: Coupling(torch.arange(d) % 2 == 0, AffineTransformer(), HIDDEN),
     "inverse": lambda d: Inverse(MaskedAutoregressive(d, AffineTransformer(), HIDDEN)),
+    "spline_autoregressive": lambda d: MaskedAutoregressive(
+        d, RationalQuadraticSplineTransformer(n_bins=5, tail_bound=2.0), HIDDEN
+    ),
+    "spline_coupling": lambda d: Coupling(
+        torch.arange(d) % 2 == 0,
+        RationalQuadraticSplineTransformer(n_bins=5, tail_bound=2.0),
+        HIDDEN,
+    ),
+    "planar": lambda d: Planar(d),
     "compose": lambda d: Compose(
         Affine(torch.zeros(d), torch.ones(d) * 2), Permutation(torch.randperm(d))
     ),

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from skflow.engine.flows.iaf import build_iaf
 from skflow.engine.flows.maf import build_maf
+from skflow.engine.flows.nsf import build_nsf
+from skflow.engine.flows.planar import build_planar
 from skflow.engine.flows.realnvp import build_realnvp
 from skflow.engine.transforms import Transform
 
 KINDS: dict[str, Callable[..., Transform]] = {
     "maf": build_maf,
     "realnvp": build_realnvp,
+    "planar": build_planar,
+    "iaf": build_iaf,
+    "nsf": build_nsf,
 }
 
 

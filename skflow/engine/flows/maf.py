@@ -8,7 +8,7 @@ sequential passes per layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -21,12 +21,25 @@ from skflow.engine.transforms import (
 )
 
 
-def build_maf(n_features: int, *, n_layers: int, hidden_units: Sequence[int]) -> Transform:
-    """Stack of ``n_layers`` MADE affine layers with order reversal between them."""
+def reversing_stack(
+    n_features: int, n_layers: int, make_layer: Callable[[], Transform]
+) -> Transform:
+    """``n_layers`` layers from ``make_layer`` with the feature order reversed
+    between them, so that every coordinate gets conditioned on every other
+    (shared by the autoregressive families: maf, iaf, nsf)."""
     reverse = torch.arange(n_features - 1, -1, -1)
     layers: list[Transform] = []
     for i in range(n_layers):
         if i > 0:
             layers.append(Permutation(reverse))
-        layers.append(MaskedAutoregressive(n_features, AffineTransformer(), hidden_units))
+        layers.append(make_layer())
     return Compose(*layers)
+
+
+def build_maf(n_features: int, *, n_layers: int, hidden_units: Sequence[int]) -> Transform:
+    """Stack of ``n_layers`` MADE affine layers with order reversal between them."""
+    return reversing_stack(
+        n_features,
+        n_layers,
+        lambda: MaskedAutoregressive(n_features, AffineTransformer(), hidden_units),
+    )
