@@ -19,6 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.training import EVAL_CHUNK
 from skflow.engine.transforms import Affine, Compose
@@ -92,7 +93,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         Seeds weight initialization, the validation split and minibatch
         order. An int makes ``fit`` reproducible.
     verbose : int, default=0
-        Print the training and validation loss of every epoch when > 0.
+        0 is silent. 1 shows a progress bar (in notebooks and terminals) with
+        the epoch and the training and validation loss; 2 also writes one
+        line per epoch.
 
     Attributes
     ----------
@@ -282,20 +285,22 @@ class FlowDensity(OutlierMixin, BaseEstimator):
 
         batch_size = min(256, len(train_idx)) if self.batch_size == "auto" else self.batch_size
         generator = torch.Generator().manual_seed(seed)
-        result = train_flow(
-            flow,
-            as_tensor(X_train),
-            as_tensor(X[val_idx]) if val_idx is not None else None,
-            max_iter=self.max_iter,
-            batch_size=batch_size,
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            n_iter_no_change=self.n_iter_no_change,
-            tol=self.tol,
-            generator=generator,
-            max_time=self.max_time,
-            on_epoch=self._report_epoch if self.verbose else None,
-        )
+        desc = f"FlowDensity({self.kind!r})"
+        with epoch_progress(self.verbose, self.max_iter, desc) as on_epoch:
+            result = train_flow(
+                flow,
+                as_tensor(X_train),
+                as_tensor(X[val_idx]) if val_idx is not None else None,
+                max_iter=self.max_iter,
+                batch_size=batch_size,
+                learning_rate=self.learning_rate,
+                weight_decay=self.weight_decay,
+                n_iter_no_change=self.n_iter_no_change,
+                tol=self.tol,
+                generator=generator,
+                max_time=self.max_time,
+                on_epoch=on_epoch,
+            )
         self._warn_training(result)
 
         self.flow_ = flow
@@ -308,12 +313,6 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         self.n_iter_ = result.n_iter
         self.offset_ = self._compute_offset(X, val_idx)
         return self
-
-    def _report_epoch(self, epoch: int, train_loss: float, val_score: float | None) -> None:
-        msg = f"epoch {epoch:4d}  train NLL {train_loss:.4f}"
-        if val_score is not None:
-            msg += f"  validation log-likelihood {val_score:.4f}"
-        print(msg, flush=True)
 
     def _warn_training(self, result) -> None:
         if result.stop_reason == "diverged":
@@ -337,15 +336,20 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             # Held-out rows show how new normal data score (training rows are
             # flattered by overfitting), so "auto" takes their tail.
             rows = X[val_idx] if val_idx is not None else X
-            return float(np.percentile(self.score_samples(rows), 100.0 * AUTO_TAIL))
-        return float(np.percentile(self.score_samples(X), 100.0 * self.contamination))
+            return float(np.percentile(self._log_density(rows), 100.0 * AUTO_TAIL))
+        return float(np.percentile(self._log_density(X), 100.0 * self.contamination))
 
     # -------------------------------------------------------------- scoring
-    def _validate_query(self, X) -> torch.Tensor:
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+    def _log_density(self, X: np.ndarray) -> np.ndarray:
+        """Log-density of already validated rows (no feature-name checks)."""
         # torch.tensor copies, so read-only (memmapped) input is fine.
-        return torch.tensor(X, dtype=_DTYPES[self.dtype])
+        X = torch.tensor(X, dtype=_DTYPES[self.dtype])
+        out = np.empty(X.shape[0], dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], EVAL_CHUNK):
+                chunk = X[start : start + EVAL_CHUNK].to(self.device_)
+                out[start : start + EVAL_CHUNK] = self.flow_.log_prob(chunk).double().cpu().numpy()
+        return out
 
     def score_samples(self, X):
         """Log-density of each row of ``X`` under the fitted flow.
@@ -362,13 +366,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             internal standardization is accounted for). Lower means more
             abnormal.
         """
-        X = self._validate_query(X)
-        out = np.empty(X.shape[0], dtype=np.float64)
-        with torch.inference_mode():
-            for start in range(0, X.shape[0], EVAL_CHUNK):
-                chunk = X[start : start + EVAL_CHUNK].to(self.device_)
-                out[start : start + EVAL_CHUNK] = self.flow_.log_prob(chunk).double().cpu().numpy()
-        return out
+        check_is_fitted(self)
+        return self._log_density(validate_data(self, X, dtype=np.float64, reset=False))
 
     def score(self, X, y=None):
         """Mean log-likelihood of the rows of ``X`` (higher is better).
@@ -417,7 +416,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         """
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
-    def sample(self, n_samples=1, random_state=None):
+    def sample(self, n_samples=1, random_state=None, as_frame=False):
         """Draw samples from the fitted density.
 
         Parameters
@@ -426,11 +425,23 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             Number of rows to draw (0 gives an empty array).
         random_state : int, RandomState instance or None, default=None
             Seed for the draws; the same seed gives the same samples.
+        as_frame : bool, default=False
+            Return a pandas DataFrame whose columns are ``feature_names_in_``
+            (``x0``, ``x1``, ... when ``fit`` saw no column names).
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_)
+        X : ndarray or DataFrame of shape (n_samples, n_features_in_)
             Samples in the units of the training data.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_iris
+        >>> from skflow import FlowDensity
+        >>> df = load_iris(as_frame=True).data
+        >>> est = FlowDensity(max_iter=5, random_state=0).fit(df)
+        >>> est.sample(3, random_state=0, as_frame=True).columns.tolist()
+        ['sepal length (cm)', 'sepal width (cm)', 'petal length (cm)', 'petal width (cm)']
         """
         check_is_fitted(self)
         if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 0:
@@ -439,7 +450,17 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         gen = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
             x = self.flow_.sample(int(n_samples), generator=gen)
-        return x.double().cpu().numpy()
+        samples = x.double().cpu().numpy()
+        if not as_frame:
+            return samples
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("sample(as_frame=True) needs pandas: pip install pandas.") from None
+        names = getattr(self, "feature_names_in_", None)
+        if names is None:
+            names = [f"x{i}" for i in range(self.n_features_in_)]
+        return pd.DataFrame(samples, columns=list(names))
 
     # ---------------------------------------------------------- persistence
     def __getstate__(self):
