@@ -12,20 +12,35 @@ import pytest
 import torch
 
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform
+from skflow.engine.flows.glow import build_glow
 from skflow.engine.flows.planar import Planar
 from skflow.engine.splines import RationalQuadraticSplineTransformer
 from skflow.engine.transforms import (
+    ActNorm,
+    AdditiveTransformer,
     Affine,
     AffineTransformer,
+    BatchNormFlow,
     Compose,
     Coupling,
     Inverse,
+    LULinear,
     MaskedAutoregressive,
     Permutation,
+    Split,
 )
 
 D = 4
 HIDDEN = (16, 16)
+
+
+def _batch_norm_with_running_stats(d: int) -> BatchNormFlow:
+    # Non-trivial running averages: the eval-mode map the contract checks.
+    bn = BatchNormFlow(d)
+    bn.running_mean.copy_(torch.randn(d))
+    bn.running_var.copy_(torch.rand(d) + 0.5)
+    return bn
+
 
 LAYERS = {
     "affine": lambda d: Affine(torch.randn(d), torch.rand(d) + 0.5),
@@ -42,6 +57,18 @@ LAYERS = {
         HIDDEN,
     ),
     "planar": lambda d: Planar(d),
+    "actnorm": lambda d: ActNorm(d),
+    "actnorm_image": lambda d: ActNorm(d // 2),  # 2 positions per channel
+    "lu_linear": lambda d: LULinear(d),
+    "lu_linear_1x1conv": lambda d: LULinear(d // 2),
+    "additive_coupling": lambda d: Coupling(
+        torch.arange(d) % 2 == 0, AdditiveTransformer(), HIDDEN
+    ),
+    "batch_norm": _batch_norm_with_running_stats,
+    "split": lambda d: Split(LULinear(d // 2), d // 2),
+    "glow_image": lambda d: build_glow(
+        d, n_layers=2, hidden_units=(8, 8), image_shape=(d // 4, 2, 2), n_levels=1
+    ),
     "compose": lambda d: Compose(
         Affine(torch.zeros(d), torch.ones(d) * 2), Permutation(torch.randperm(d))
     ),

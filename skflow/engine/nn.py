@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 
-def _zero_last(linear: nn.Linear) -> None:
+def _zero_last(linear: nn.Linear | nn.Conv2d) -> None:
     # A zero output layer makes every flow layer start as the identity (or a
     # fixed elementwise map), which keeps the first steps of training stable.
     nn.init.zeros_(linear.weight)
@@ -97,3 +97,42 @@ class MADE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.net(x)
         return out.view(*x.shape[:-1], self.n_features, self.n_params)
+
+
+class ConvNet(nn.Module):
+    """Convolutional conditioner of an image coupling layer (Glow's ``NN()``).
+
+    Maps flat rows of an ``(in_channels, height, width)`` image to flat rows
+    holding ``n_params`` values for each coordinate of an ``(out_channels,
+    height, width)`` image, ordered ``(channel, row, column, param)`` as
+    :class:`~skflow.engine.transforms.Coupling` expects. 3x3 convolutions
+    first and last, 1x1 in between; the last one starts at zero, so the
+    coupling starts as the identity.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        n_params: int,
+        hidden_channels: Sequence[int],
+        height: int,
+        width: int,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.in_shape = (in_channels, height, width)
+        self.out_shape = (out_channels, n_params, height, width)
+        layers: list[nn.Module] = []
+        width_in = in_channels
+        for i, h in enumerate(hidden_channels):
+            kernel = 3 if i == 0 else 1
+            layers += [nn.Conv2d(width_in, h, kernel, padding=kernel // 2), activation()]
+            width_in = h
+        last = nn.Conv2d(width_in, out_channels * n_params, 3, padding=1)
+        _zero_last(last)
+        self.net = nn.Sequential(*layers, last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.net(x.view(x.shape[0], *self.in_shape))
+        return out.view(x.shape[0], *self.out_shape).permute(0, 1, 3, 4, 2).flatten(1)

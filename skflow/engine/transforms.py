@@ -13,7 +13,7 @@ transformer* (a monotone map of each coordinate given parameters) and a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -187,14 +187,18 @@ class Coupling(Transform):
     """Coupling layer (Dinh et al. 2014, 2016): coordinates where ``mask`` is
     True pass unchanged and condition the transform of the others.
 
-    Both directions take one network pass.
+    Both directions take one network pass. The conditioner is ``net`` when
+    given (it must map the conditioning coordinates to ``n_params`` values
+    per transformed coordinate, e.g. a convolutional net for images), else an
+    MLP with ``hidden_units``.
     """
 
     def __init__(
         self,
         mask: Tensor,
         transformer: ElementwiseTransformer,
-        hidden_units: Sequence[int],
+        hidden_units: Sequence[int] = (),
+        net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         mask = mask.bool()
@@ -203,7 +207,9 @@ class Coupling(Transform):
         self.transformer = transformer
         self.n_trans = n_trans = len(self.idx_trans)
         self.n_params = transformer.n_params
-        self.net = MLP(len(self.idx_cond), n_trans * self.n_params, hidden_units)
+        if net is None:
+            net = MLP(len(self.idx_cond), n_trans * self.n_params, hidden_units)
+        self.net = net
 
     def _couple(self, x: Tensor, forward: bool) -> tuple[Tensor, Tensor]:
         cond = x[:, self.idx_cond]
@@ -219,3 +225,198 @@ class Coupling(Transform):
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return self._couple(z, forward=False)
+
+
+class AdditiveTransformer:
+    """``z = x + t``: volume preserving (NICE's additive coupling, Dinh et al. 2014)."""
+
+    n_params = 1
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return x + params[..., 0], torch.zeros_like(x)
+
+    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return z - params[..., 0], torch.zeros_like(z)
+
+
+def _by_channel(x: Tensor, n_channels: int) -> Tensor:
+    """View flat rows as ``(batch, channels, positions)``: a vector has one
+    position per channel, a flattened ``(C, H, W)`` image ``H * W``."""
+    return x.reshape(x.shape[0], n_channels, -1)
+
+
+class ElementwiseAffine(Transform):
+    """Learned per-channel affine map ``z = (x - loc) * exp(-log_scale)``.
+
+    On vectors there is one channel per feature; on flattened ``(C, H, W)``
+    images one ``loc``/``log_scale`` per channel is shared by the ``H * W``
+    positions (log|det| counts each position). Starts as the identity; NICE's
+    final diagonal scaling layer.
+    """
+
+    def __init__(self, n_channels: int) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(n_channels, 1))
+        self.log_scale = nn.Parameter(torch.zeros(n_channels, 1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = _by_channel(x, self.loc.shape[0])
+        z = (h - self.loc) * torch.exp(-self.log_scale)
+        return z.flatten(1), (-h.shape[2] * self.log_scale.sum()).expand(x.shape[0])
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        h = _by_channel(z, self.loc.shape[0])
+        x = h * torch.exp(self.log_scale) + self.loc
+        return x.flatten(1), (h.shape[2] * self.log_scale.sum()).expand(z.shape[0])
+
+
+class ActNorm(ElementwiseAffine):
+    """Activation normalization (Kingma & Dhariwal 2018, arXiv:1807.03039).
+
+    An :class:`ElementwiseAffine` whose ``loc`` and ``log_scale`` are set from
+    the first batch it sees in training mode, so that this batch leaves the
+    layer with zero mean and unit variance per channel; afterwards both are
+    ordinary parameters. The ``initialized`` buffer is part of the
+    ``state_dict``, so a reloaded layer is not initialized again. Before
+    initialization (e.g. scoring an untrained flow) it is the affine map its
+    current parameters define, a valid bijection like any other.
+    """
+
+    def __init__(self, n_channels: int) -> None:
+        super().__init__(n_channels)
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training and not bool(self.initialized):
+            self._initialize(x)
+        return super().forward(x)
+
+    @torch.no_grad()
+    def _initialize(self, x: Tensor) -> None:
+        h = _by_channel(x, self.loc.shape[0]).transpose(0, 1).flatten(1)
+        std = h.std(dim=1, correction=0, keepdim=True)
+        self.loc.copy_(h.mean(dim=1, keepdim=True))
+        # A constant channel has no spread to normalize by; keep its scale.
+        self.log_scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)).log())
+        self.initialized.fill_(True)
+
+
+class LULinear(Transform):
+    """Invertible linear map ``z = W x`` with ``W = P L U`` (Kingma & Dhariwal 2018).
+
+    ``P`` is a fixed permutation, ``L`` unit lower-triangular and ``U`` upper
+    triangular with diagonal ``sign * exp(log_diag)`` (fixed signs), so
+    ``log|det W| = sum(log_diag)`` costs ``O(D)`` and the inverse is two
+    triangular solves. On flattened ``(C, H, W)`` images ``W`` mixes the
+    channels at every position: Glow's invertible 1x1 convolution, with
+    ``log|det| = H * W * sum(log_diag)``. Starts at a random rotation.
+    """
+
+    def __init__(self, n_channels: int) -> None:
+        super().__init__()
+        q = torch.linalg.qr(torch.randn(n_channels, n_channels)).Q
+        perm, lower, upper = torch.linalg.lu(q)
+        diag = upper.diagonal()
+        self.register_buffer("perm", perm)
+        self.register_buffer("sign", diag.sign())
+        # Full square parameters; only the strict triangles are used.
+        self.lower = nn.Parameter(lower.tril(-1))
+        self.upper = nn.Parameter(upper.triu(1))
+        self.log_diag = nn.Parameter(diag.abs().log())
+
+    def _factors(self) -> tuple[Tensor, Tensor]:
+        eye = torch.eye(len(self.sign), dtype=self.sign.dtype, device=self.sign.device)
+        lower = self.lower.tril(-1) + eye
+        upper = self.upper.triu(1) + torch.diag(self.sign * self.log_diag.exp())
+        return lower, upper
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = _by_channel(x, len(self.sign))
+        lower, upper = self._factors()
+        z = self.perm @ (lower @ (upper @ h))
+        return z.flatten(1), (h.shape[2] * self.log_diag.sum()).expand(x.shape[0])
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        h = _by_channel(z, len(self.sign))
+        lower, upper = self._factors()
+        h = torch.linalg.solve_triangular(lower, self.perm.T @ h, upper=False, unitriangular=True)
+        x = torch.linalg.solve_triangular(upper, h, upper=True)
+        return x.flatten(1), (-h.shape[2] * self.log_diag.sum()).expand(z.shape[0])
+
+
+class BatchNormFlow(Transform):
+    """Batch normalization as a bijection (Dinh et al. 2016, arXiv:1605.08803;
+    Papamakarios et al. 2017): ``z = (x - m) / sqrt(v + eps) * exp(log_gamma) + beta``.
+
+    In training mode ``m`` and ``v`` are the mean and (biased) variance of the
+    current batch, gradients flow through them, and the running averages are
+    updated (``momentum``); a one-row batch has no variance and uses the
+    running averages. In eval mode (scoring, sampling) they are the running
+    averages, so the layer is a fixed elementwise affine map and its forward,
+    inverse and log-det are exact. In training mode the reported log-det is
+    that of each row's map with the batch statistics held fixed, as in the
+    papers: the map of the whole batch, with the statistics as functions of
+    it, is not invertible (it forgets the batch's mean and spread).
+    ``inverse`` always uses the running averages: a latent row has no batch.
+    """
+
+    def __init__(self, n_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.log_gamma = nn.Parameter(torch.zeros(n_features))
+        self.beta = nn.Parameter(torch.zeros(n_features))
+        self.register_buffer("running_mean", torch.zeros(n_features))
+        self.register_buffer("running_var", torch.ones(n_features))
+
+    def _log_scale(self, var: Tensor) -> Tensor:
+        return self.log_gamma - 0.5 * torch.log(var + self.eps)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training and x.shape[0] > 1:
+            mean, var = x.mean(0), x.var(0, correction=0)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        log_scale = self._log_scale(var)
+        z = (x - mean) * torch.exp(log_scale) + self.beta
+        return z, log_scale.sum().expand(x.shape[0])
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        log_scale = self._log_scale(self.running_var)
+        x = (z - self.beta) * torch.exp(-log_scale) + self.running_mean
+        return x, (-log_scale.sum()).expand(z.shape[0])
+
+
+def batch_normed(layer: Transform, n_features: int, enabled: bool) -> Transform:
+    """``layer`` followed by a :class:`BatchNormFlow` when ``enabled`` (the
+    ``batch_norm`` option of the maf, realnvp and nice kinds)."""
+    return Compose(layer, BatchNormFlow(n_features)) if enabled else layer
+
+
+class Split(Transform):
+    """Multi-scale factoring out (Dinh et al. 2016): ``transform`` acts on the
+    first ``n_keep`` features only; the others leave the flow here unchanged
+    and go straight to the latent space. The base distribution is an
+    independent ``N(0, I)`` over all dimensions, so this is exact: the
+    factored-out coordinates are modeled as standard normal at this scale.
+    """
+
+    def __init__(self, transform: Transform, n_keep: int) -> None:
+        super().__init__()
+        self.transform = transform
+        self.n_keep = n_keep
+
+    def _on_kept(
+        self, x: Tensor, step: Callable[[Tensor], tuple[Tensor, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        y, ladj = step(x[:, : self.n_keep])
+        return torch.cat([y, x[:, self.n_keep :]], dim=1), ladj
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._on_kept(x, self.transform.forward)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self._on_kept(z, self.transform.inverse)

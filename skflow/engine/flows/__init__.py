@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from skflow.engine.flows.glow import build_glow
 from skflow.engine.flows.iaf import build_iaf
 from skflow.engine.flows.maf import build_maf
+from skflow.engine.flows.nice import build_nice
 from skflow.engine.flows.nsf import build_nsf
 from skflow.engine.flows.planar import build_planar
 from skflow.engine.flows.realnvp import build_realnvp
@@ -23,6 +25,8 @@ KINDS: dict[str, Callable[..., Transform]] = {
     "planar": build_planar,
     "iaf": build_iaf,
     "nsf": build_nsf,
+    "glow": build_glow,
+    "nice": build_nice,
 }
 
 
