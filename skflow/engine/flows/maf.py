@@ -18,6 +18,7 @@ from skflow.engine.transforms import (
     MaskedAutoregressive,
     Permutation,
     Transform,
+    batch_normed,
 )
 
 
@@ -36,10 +37,18 @@ def reversing_stack(
     return Compose(*layers)
 
 
-def build_maf(n_features: int, *, n_layers: int, hidden_units: Sequence[int]) -> Transform:
-    """Stack of ``n_layers`` MADE affine layers with order reversal between them."""
+def build_maf(
+    n_features: int, *, n_layers: int, hidden_units: Sequence[int], batch_norm: bool = False
+) -> Transform:
+    """Stack of ``n_layers`` MADE affine layers with order reversal between them;
+    ``batch_norm=True`` adds a :class:`~skflow.engine.transforms.BatchNormFlow`
+    after each (as in the MAF paper)."""
     return reversing_stack(
         n_features,
         n_layers,
-        lambda: MaskedAutoregressive(n_features, AffineTransformer(), hidden_units),
+        lambda: batch_normed(
+            MaskedAutoregressive(n_features, AffineTransformer(), hidden_units),
+            n_features,
+            batch_norm,
+        ),
     )

@@ -11,7 +11,13 @@ from collections.abc import Sequence
 
 import torch
 
-from skflow.engine.transforms import AffineTransformer, Compose, Coupling, Transform
+from skflow.engine.transforms import (
+    AffineTransformer,
+    Compose,
+    Coupling,
+    Transform,
+    batch_normed,
+)
 
 
 def alternating_masks(n_features: int, n_layers: int) -> list[torch.Tensor]:
@@ -24,11 +30,15 @@ def alternating_masks(n_features: int, n_layers: int) -> list[torch.Tensor]:
     return [parity == (i % 2) for i in range(n_layers)]
 
 
-def build_realnvp(n_features: int, *, n_layers: int, hidden_units: Sequence[int]) -> Transform:
-    """Stack of ``n_layers`` affine couplings with alternating masks."""
+def build_realnvp(
+    n_features: int, *, n_layers: int, hidden_units: Sequence[int], batch_norm: bool = False
+) -> Transform:
+    """Stack of ``n_layers`` affine couplings with alternating masks;
+    ``batch_norm=True`` adds a :class:`~skflow.engine.transforms.BatchNormFlow`
+    after each (as in the RealNVP paper)."""
     return Compose(
         *(
-            Coupling(mask, AffineTransformer(), hidden_units)
+            batch_normed(Coupling(mask, AffineTransformer(), hidden_units), n_features, batch_norm)
             for mask in alternating_masks(n_features, n_layers)
         )
     )
