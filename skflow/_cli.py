@@ -1,0 +1,341 @@
+"""Command line: fit a flow on a CSV file, score or sample with a saved model.
+
+``python -m skflow fit data.csv --kind maf --out model.skflow`` and
+``python -m skflow score model.skflow new.csv``; the ``skflow`` console
+script is the same program. Run ``python -m skflow --help`` for the options.
+
+CSV files are read with pandas. The first line is a header when any of its
+fields is not a number (``--header`` / ``--no-header`` override the guess).
+A model fitted on a file with a header remembers the column names, and
+scoring checks that the new file has the same columns in the same order.
+
+User errors (a missing file, a non-numeric column, a bad option, a damaged
+model file) print one line ``skflow: error: ...`` on stderr and exit with
+status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from skflow import __version__
+from skflow._estimator import FlowDensity
+from skflow.engine import KINDS
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user error, reported as one line on stderr."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but with a usage error printed as one line instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------ reading
+def _has_header(path: Path) -> bool:
+    """A first line with any non-numeric field is a header."""
+    with open(path, newline="") as f:
+        first = next(csv.reader(f), None)
+    if not first:
+        raise CLIError(f"{path} is empty.")
+    for field in first:
+        try:
+            float(field)
+        except ValueError:
+            return True
+    return False
+
+
+def read_table(path: str, header: bool | None):
+    """Read a numeric CSV file into a DataFrame (header given) or an ndarray."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise CLIError("the command line reads CSV files with pandas: pip install pandas") from None
+    path = Path(path)
+    if not path.is_file():
+        raise CLIError(f"{path}: no such file.")
+    if header is None:
+        header = _has_header(path)
+    try:
+        df = pd.read_csv(path, header=0 if header else None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CLIError(f"{path} is not a readable CSV file: {_one_line(exc)}") from None
+    if df.shape[0] == 0:
+        raise CLIError(f"{path} has no data rows.")
+    for pos, column in enumerate(df.columns):
+        values = df[column]
+        name = f"column {column!r}" if header else f"column {pos + 1}"
+        numeric = pd.to_numeric(values, errors="coerce")
+        bad = numeric.isna() & values.notna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise CLIError(
+                f"{path}: {name} is not numeric (value {values.iloc[row]!r} in data row "
+                f"{row + 1}); pass numeric columns only."
+            )
+        if numeric.isna().any():
+            row = int(numeric.isna().to_numpy().argmax())
+            raise CLIError(
+                f"{path}: {name} has a missing value in data row {row + 1}; "
+                "drop or impute incomplete rows first."
+            )
+        df[column] = numeric.astype(float)
+    if header:
+        df.columns = [str(c) for c in df.columns]
+        return df
+    return df.to_numpy()
+
+
+def _write_table(frame, out: str | None) -> None:
+    if out is None:
+        frame.to_csv(sys.stdout, index=False)
+    else:
+        frame.to_csv(out, index=False)
+
+
+# ----------------------------------------------------------------- commands
+def _hidden_units(text: str) -> int | tuple[int, ...]:
+    # One number means (h, h), as the Python parameter hidden_units=h does.
+    try:
+        units = tuple(int(part) for part in text.replace(" ", ",").split(",") if part)
+    except ValueError:
+        units = ()
+    if not units:
+        raise argparse.ArgumentTypeError(f"expected integers such as 128 or 128,64, got {text!r}")
+    return units[0] if len(units) == 1 else units
+
+
+def _contamination(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"a\": 1}'")
+    return value
+
+
+def _batch_size(text: str) -> str | int:
+    return text if text == "auto" else int(text)
+
+
+# Command-line option -> FlowDensity parameter (same name with "_"), with its type.
+_FIT_OPTIONS = {
+    "n-layers": (int, "number of flow layers"),
+    "hidden-units": (_hidden_units, "conditioner hidden widths: 128 (two layers of 128) or 128,64"),
+    "max-iter": (int, "maximum number of epochs"),
+    "batch-size": (_batch_size, "minibatch size or 'auto'"),
+    "learning-rate": (float, "AdamW learning rate"),
+    "weight-decay": (float, "AdamW weight decay"),
+    "contamination": (_contamination, "'auto' or the expected outlier fraction in (0, 0.5]"),
+    "max-time": (float, "training time budget in seconds"),
+    "device": (str, "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'"),
+    "dtype": (str, "'float32' or 'float64'"),
+    "kind-options": (_json_dict, "extra options of the kind as JSON, e.g. '{\"n_bins\": 8}'"),
+    "random-state": (int, "seed: the same seed and data give the same model"),
+}
+
+
+def _fit(args: argparse.Namespace) -> None:
+    X = read_table(args.data, args.header)
+    params = {
+        opt.replace("-", "_"): getattr(args, opt.replace("-", "_"))
+        for opt in _FIT_OPTIONS
+        if getattr(args, opt.replace("-", "_")) is not None
+    }
+    est = FlowDensity(kind=args.kind, verbose=args.verbose, **params)
+    start = time.perf_counter()
+    est.fit(X)
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    est.save(out)
+    rows, cols = X.shape
+    summary = f"fitted kind={args.kind!r} on {rows} rows x {cols} columns in {est.n_iter_} epochs"
+    summary += f" ({seconds:.1f} s)"
+    if est.best_validation_score_ is not None:
+        summary += f", validation log-likelihood {est.best_validation_score_:.3f} per row"
+    print(f"{args.prog}: {summary}; saved to {out}", file=sys.stderr)
+
+
+def _load(path: str) -> FlowDensity:
+    if not Path(path).is_file():
+        raise CLIError(f"{path}: no such model file.")
+    return FlowDensity.load(path)
+
+
+def _score(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    est = _load(args.model)
+    X = read_table(args.data, args.header)
+    log_density = est.score_samples(X)
+    outlier = (log_density < est.offset_).astype(int)
+    _write_table(pd.DataFrame({"log_density": log_density, "outlier": outlier}), args.out)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    est = _load(args.model)
+    _write_table(
+        est.sample(args.n_samples, random_state=args.random_state, as_frame=True), args.out
+    )
+
+
+def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
+    """The argument parser of the ``skflow`` command.
+
+    Parameters
+    ----------
+    prog : str, default="skflow"
+        Program name shown in help and error messages.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+        Parser with the ``fit``, ``score`` and ``sample`` sub-commands.
+
+    Examples
+    --------
+    >>> from skflow._cli import build_parser
+    >>> args = build_parser().parse_args(["fit", "data.csv", "--kind", "realnvp"])
+    >>> args.kind, args.out
+    ('realnvp', 'model.skflow')
+    """
+    parser = _Parser(
+        prog=prog,
+        description="Normalizing-flow density estimation and outlier detection on CSV files.",
+        epilog=(
+            f"examples:\n  {prog} fit data.csv --kind maf --out model.skflow\n"
+            f"  {prog} score model.skflow new.csv --out scores.csv\n"
+            f"  {prog} sample model.skflow -n 1000 --out samples.csv"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"skflow {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_header_flags(sub: argparse.ArgumentParser) -> None:
+        group = sub.add_mutually_exclusive_group()
+        group.add_argument(
+            "--header",
+            dest="header",
+            action="store_true",
+            default=None,
+            help="the first line holds column names (default: guessed; it is a header "
+            "when any field is not a number)",
+        )
+        group.add_argument(
+            "--no-header", dest="header", action="store_false", help="the first line is data"
+        )
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit a flow to a CSV file and save it",
+        description="Fit FlowDensity to the numeric columns of a CSV file and save the model. "
+        "Options not given keep FlowDensity's defaults.",
+    )
+    fit.add_argument("data", help="CSV file of training rows (numeric columns only)")
+    fit.add_argument(
+        "--kind", default="maf", choices=sorted(KINDS), help="flow family (default: maf)"
+    )
+    fit.add_argument(
+        "--out", default="model.skflow", help="model file to write (default: model.skflow)"
+    )
+    for opt, (type_, help_) in _FIT_OPTIONS.items():
+        fit.add_argument(f"--{opt}", type=type_, help=help_, metavar=opt.split("-")[-1].upper())
+    fit.add_argument(
+        "-v", "--verbose", action="count", default=0, help="progress bar (-vv: a line per epoch)"
+    )
+    add_header_flags(fit)
+    fit.set_defaults(run=_fit)
+
+    score = commands.add_parser(
+        "score",
+        help="write the log-density and outlier flag of each row",
+        description="Score each row of a CSV file with a saved model. Writes a CSV with "
+        "the columns log_density (natural log of the density, in the units of the data) "
+        "and outlier (1 when log_density is below the model's offset_, else 0), one row "
+        "per input row, in order.",
+    )
+    score.add_argument("model", help="model file written by 'fit'")
+    score.add_argument("data", help="CSV file of rows to score, with the training columns")
+    score.add_argument("--out", help="CSV file to write (default: standard output)")
+    add_header_flags(score)
+    score.set_defaults(run=_score)
+
+    sample = commands.add_parser(
+        "sample",
+        help="draw new rows from a saved model",
+        description="Draw rows from a saved model; columns are named as in the training file.",
+    )
+    sample.add_argument("model", help="model file written by 'fit'")
+    sample.add_argument("-n", "--n-samples", type=int, default=100, help="rows (default: 100)")
+    sample.add_argument("--random-state", type=int, help="seed for reproducible draws")
+    sample.add_argument("--out", help="CSV file to write (default: standard output)")
+    sample.set_defaults(run=_sample)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"skflow: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "skflow") -> int:
+    """Run the ``skflow`` command line.
+
+    Parameters
+    ----------
+    argv : sequence of str or None, default=None
+        Arguments without the program name; None reads ``sys.argv[1:]``.
+    prog : str, default="skflow"
+        Program name shown in help and error messages.
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 on a user error (reported as one line on stderr).
+
+    Examples
+    --------
+    >>> from skflow._cli import main
+    >>> main(["score", "missing.skflow", "new.csv"])
+    2
+    """
+    args = build_parser(prog).parse_args(argv)
+    args.prog = prog
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            args.run(args)
+        except (CLIError, OSError, ValueError, TypeError) as exc:
+            # OSError: unreadable/unwritable paths; ValueError/TypeError: the
+            # estimator's own messages (bad parameters, damaged model files,
+            # columns that differ from the training file).
+            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+    return 0

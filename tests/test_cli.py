@@ -1,0 +1,147 @@
+"""The command line: ``python -m skflow fit/score/sample``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import make_moons
+
+from skflow import FlowDensity
+from skflow._cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+FAST = ["--n-layers", "2", "--hidden-units", "16", "--max-iter", "5", "--random-state", "0"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Training and query CSV files, with and without a header, and a fitted model."""
+    d = tmp_path_factory.mktemp("cli")
+    X, _ = make_moons(n_samples=300, noise=0.1, random_state=0)
+    train = pd.DataFrame(X[:250], columns=["width", "height"])
+    train.to_csv(d / "train.csv", index=False)
+    train.to_csv(d / "train_noheader.csv", index=False, header=False)
+    query = pd.DataFrame(np.vstack([X[250:], [[8.0, -8.0]]]), columns=["width", "height"])
+    query.to_csv(d / "new.csv", index=False)
+    model = d / "model.skflow"
+    assert main(["fit", str(d / "train.csv"), "--out", str(model), *FAST]) == 0
+    return d
+
+
+def test_fit_writes_a_model_that_matches_the_python_api(files, capsys):
+    est = FlowDensity.load(files / "model.skflow")
+    assert list(est.feature_names_in_) == ["width", "height"]
+    assert est.n_layers == 2 and est.hidden_units == 16 and est.max_iter == 5
+    direct = FlowDensity(n_layers=2, hidden_units=16, max_iter=5, random_state=0)
+    direct.fit(pd.read_csv(files / "train.csv"))
+    query = pd.read_csv(files / "new.csv")
+    np.testing.assert_allclose(est.score_samples(query), direct.score_samples(query), rtol=1e-6)
+
+
+def test_score_writes_log_density_and_outlier_flag(files, capsys):
+    out = files / "scores.csv"
+    assert (
+        main(["score", str(files / "model.skflow"), str(files / "new.csv"), "--out", str(out)]) == 0
+    )
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == ["log_density", "outlier"]
+    est = FlowDensity.load(files / "model.skflow")
+    query = pd.read_csv(files / "new.csv")
+    np.testing.assert_allclose(scores["log_density"], est.score_samples(query), rtol=1e-6)
+    np.testing.assert_array_equal(scores["outlier"], (est.predict(query) == -1).astype(int))
+    assert scores["outlier"].iloc[-1] == 1  # the far point (8, -8)
+
+
+def test_score_to_stdout(files, capsys):
+    assert main(["score", str(files / "model.skflow"), str(files / "new.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "log_density,outlier" and len(lines) == 1 + 51
+
+
+def test_sample_keeps_column_names(files, capsys):
+    assert main(["sample", str(files / "model.skflow"), "-n", "4", "--random-state", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "width,height" and len(lines) == 5
+
+
+def test_header_is_detected(files, capsys, tmp_path):
+    model = tmp_path / "m.skflow"
+    assert main(["fit", str(files / "train_noheader.csv"), "--out", str(model), *FAST]) == 0
+    est = FlowDensity.load(model)
+    assert not hasattr(est, "feature_names_in_") and est.n_features_in_ == 2
+    # Forcing --header on a numeric first line loses that row to the header.
+    assert (
+        main(["fit", str(files / "train_noheader.csv"), "--out", str(model), "--header", *FAST])
+        == 0
+    )
+    assert FlowDensity.load(model).feature_names_in_[0] != "width"
+
+
+@pytest.mark.parametrize(
+    "content, args, match",
+    [
+        (None, ["fit", "missing.csv"], "missing.csv: no such file"),
+        (
+            "a,b\n1,x\n2,3\n",
+            ["fit", "{csv}"],
+            "column 'b' is not numeric (value 'x' in data row 1)",
+        ),
+        ("a,b\n1,2\n3,\n", ["fit", "{csv}"], "column 'b' has a missing value in data row 2"),
+        ("", ["fit", "{csv}"], "is empty"),
+        ("a,b\n", ["fit", "{csv}"], "has no data rows"),
+        ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--n-layers", "0"], "'n_layers' parameter"),
+        ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--kind-options", '{"zz": 1}'], "kind_options"),
+        ("a,b\n1,2\n", ["score", "{csv}", "{csv}"], "is not a skflow model file"),
+        ("a,b\n1,2\n", ["score", "nope.skflow", "{csv}"], "nope.skflow: no such model file"),
+    ],
+)
+def test_user_errors_are_one_line_with_status_2(tmp_path, capsys, content, args, match):
+    csv = tmp_path / "data.csv"
+    if content is not None:
+        csv.write_text(content)
+    argv = [a.replace("{csv}", str(csv)) for a in args] + ["--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("skflow: error: ")
+    assert match in err
+
+
+def test_score_rejects_other_columns(files, tmp_path, capsys):
+    pd.read_csv(files / "new.csv")[["height", "width"]].to_csv(tmp_path / "s.csv", index=False)
+    assert main(["score", str(files / "model.skflow"), str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "feature names should match" in err
+
+
+@pytest.mark.parametrize(
+    "argv", [["fit"], ["fit", "x.csv", "--kind", "nope"], ["fit", "x.csv", "--hidden-units", "a"]]
+)
+def test_usage_errors_are_one_line_with_status_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "--help" in err
+
+
+def test_help_is_useful(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("fit", "score", "sample", "model.skflow"):
+        assert word in out
+
+
+def test_python_dash_m_error_has_no_traceback(tmp_path):
+    failed = subprocess.run(
+        [sys.executable, "-m", "skflow", "fit", str(tmp_path / "no.csv")],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip() == f"python -m skflow: error: {tmp_path / 'no.csv'}: no such file."
