@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from skflow.engine.transforms import Transform
+from skflow.engine.transforms import Compose, Transform
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -44,14 +44,47 @@ class Flow(nn.Module):
         super().__init__()
         self.transform = transform
         self.base = base
+        # Width of the uniform dequantization noise added to each feature
+        # while training (0 = continuous feature); see ``train_flow``.
+        self.register_buffer("dequantization", torch.zeros(base.n_features))
 
     def log_prob(self, x: Tensor) -> Tensor:
         z, ladj = self.transform(x)
         return self.base.log_prob(z) + ladj
 
+    def training_loss(self, x: Tensor) -> Tensor:
+        """Per-row loss that training minimizes (and early stopping monitors):
+        the negative log-likelihood, unless the last layer has a
+        ``training_loss(x, ladj)`` of its own (a continuous flow trained by
+        flow matching or with regularization). That layer gets ``x`` mapped
+        through the layers in front of it (fixed preprocessing) and their
+        log-determinant ``ladj``.
+        """
+        layers = (
+            list(self.transform.transforms)
+            if isinstance(self.transform, Compose)
+            else [self.transform]
+        )
+        own_loss = getattr(layers[-1], "training_loss", None) if layers else None
+        if own_loss is None:
+            return -self.log_prob(x)
+        ladj = x.new_zeros(x.shape[0])
+        for layer in layers[:-1]:
+            x, layer_ladj = layer(x)
+            ladj = ladj + layer_ladj
+        return own_loss(x, ladj)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        x, _ = self.transform.inverse(self.base.sample(n, generator))
-        return x
+        z = self.base.sample(n, generator)
+        if generator is None:
+            return self.transform.inverse(z)[0]
+        # Layers that draw noise of their own while sampling (augmented
+        # continuous flows) take it from torch's CPU RNG, seeded from
+        # ``generator`` so samples stay reproducible.
+        seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform.inverse(z)[0]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.log_prob(x)

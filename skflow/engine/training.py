@@ -27,9 +27,10 @@ EVAL_CHUNK = 65536
 class TrainingResult:
     """What happened during :func:`train_flow`.
 
-    ``loss_curve`` holds the mean training negative log-likelihood of each
-    epoch; ``validation_scores`` the validation mean log-likelihood after each
-    epoch (empty without validation data). ``stop_reason`` is one of
+    ``loss_curve`` holds the mean training loss of each epoch (negative
+    log-likelihood, unless the flow has its own objective: see
+    :meth:`Flow.training_loss`); ``validation_scores`` minus the validation
+    loss after each epoch (empty without validation data). ``stop_reason`` is one of
     ``"converged"``, ``"max_iter"``, ``"max_time"`` or ``"diverged"``.
     """
 
@@ -41,13 +42,15 @@ class TrainingResult:
 
 
 @torch.no_grad()
-def mean_log_prob(flow: Flow, X: Tensor, chunk: int = EVAL_CHUNK) -> float:
-    """Mean log-likelihood of ``X`` under ``flow`` (evaluated in eval mode, in chunks)."""
+def validation_score(flow: Flow, X: Tensor, chunk: int = EVAL_CHUNK) -> float:
+    """Minus the mean :meth:`Flow.training_loss` of ``X`` in eval mode, in
+    chunks: the mean log-likelihood, or for a layer with its own objective
+    (flow matching) minus that loss, which is cheaper than a likelihood."""
     was_training = flow.training
     flow.eval()
     total = X.new_zeros(())
     for start in range(0, X.shape[0], chunk):
-        total += flow.log_prob(X[start : start + chunk]).sum()
+        total -= flow.training_loss(X[start : start + chunk]).sum()
     flow.train(was_training)
     return float(total) / X.shape[0]
 
@@ -93,8 +96,21 @@ def train_flow(
     # noisy steps and break batch-statistics layers.
     n_batches = max(n // batch_size, 1)
     start_time = time.monotonic()
+    width = flow.dequantization
+    if bool((width > 0).any()):
+        # Fresh uniform noise on discrete features at every step; the
+        # validation rows get one fixed draw so epochs stay comparable.
+        def dequantize(x: Tensor) -> Tensor:
+            return x + (torch.rand_like(x) - 0.5) * width
 
-    best_score = mean_log_prob(flow, X_val) if X_val is not None else -math.inf
+        X_val = dequantize(X_val) if X_val is not None else None
+    else:
+
+        def dequantize(x: Tensor) -> Tensor:
+            return x
+
+
+    best_score = validation_score(flow, X_val) if X_val is not None else -math.inf
     if not math.isfinite(best_score) and X_val is not None:
         best_score = -math.inf
     best_state = copy.deepcopy(flow.state_dict())
@@ -106,7 +122,7 @@ def train_flow(
         out_of_time = False
         for b in range(n_batches):
             idx = perm[b * batch_size : (b + 1) * batch_size]
-            loss = -flow.log_prob(X_train[idx]).mean()
+            loss = flow.training_loss(dequantize(X_train[idx])).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, clip_grad)
@@ -121,7 +137,7 @@ def train_flow(
         train_loss = float(epoch_loss) / n_done
         result.n_iter = epoch
         result.loss_curve.append(train_loss)
-        val_score = mean_log_prob(flow, X_val) if X_val is not None else None
+        val_score = validation_score(flow, X_val) if X_val is not None else None
 
         monitored = val_score if val_score is not None else -train_loss
         if not (math.isfinite(train_loss) and math.isfinite(monitored)) or not _params_finite(flow):

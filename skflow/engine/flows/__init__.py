@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from skflow.engine.flows.cnf import build_cnf
 from skflow.engine.flows.glow import build_glow
 from skflow.engine.flows.iaf import build_iaf
 from skflow.engine.flows.maf import build_maf
@@ -27,6 +28,7 @@ KINDS: dict[str, Callable[..., Transform]] = {
     "nsf": build_nsf,
     "glow": build_glow,
     "nice": build_nice,
+    "cnf": build_cnf,
 }
 
 

@@ -1,0 +1,119 @@
+"""Vector fields and ODE right-hand sides for continuous normalizing flows.
+
+A continuous flow moves a point by ``dx/dt = f(x, t)``; the log-density along
+the trajectory changes by ``d log p(x(t))/dt = -tr(df/dx)`` (instantaneous
+change of variables, Chen et al. 2018, arXiv:1806.07366). :class:`Dynamics`
+integrates the divergence ``tr(df/dx)`` next to ``x``, exactly (one
+vector-Jacobian product per dimension, batched with ``is_grads_batched``) or
+by Hutchinson's estimator ``E[eps^T (df/dx) eps]`` with Rademacher or Gaussian
+probes (FFJORD, arXiv:1810.01367), and optionally the two regularizers of
+Finlay et al. 2020 (arXiv:2002.02798): kinetic energy ``|f|^2`` and the
+squared Frobenius norm of ``df/dx``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class TimeMLP(nn.Module):
+    """Time-conditioned MLP ``f(x, t)``: ``t`` is appended to the input of
+    every layer (FFJORD's "concat" layers), so each layer can bend with time.
+
+    Smooth activations (SiLU) keep ``f`` differentiable, which adaptive ODE
+    solvers and the divergence (a derivative of ``f``) both need. The output
+    layer starts at zero: the untrained flow is the identity.
+    """
+
+    def __init__(self, n_features: int, hidden_units: Sequence[int]) -> None:
+        super().__init__()
+        widths = [n_features, *hidden_units]
+        self.hidden = nn.ModuleList(
+            nn.Linear(w_in + 1, w_out) for w_in, w_out in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.out = nn.Linear(widths[-1] + 1, n_features)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.activation = nn.SiLU()
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        """``t`` is a scalar (one time for the batch) or of shape ``(batch, 1)``."""
+        tt = t.reshape(-1, 1).to(x.dtype).expand(x.shape[0], 1)
+        h = x
+        for layer in self.hidden:
+            h = self.activation(layer(torch.cat([h, tt], dim=-1)))
+        return self.out(torch.cat([h, tt], dim=-1))
+
+
+def draw_probes(
+    n_probes: int,
+    like: Tensor,
+    kind: str,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Hutchinson probes of shape ``(n_probes, *like.shape)`` with
+    ``E[eps eps^T] = I``: Rademacher (random signs, lower variance) or Gaussian.
+    With a generator they are drawn on its device (CPU for reproducibility)."""
+    shape = (n_probes, *like.shape)
+    device = generator.device if generator is not None else like.device
+    eps = torch.randn(shape, generator=generator, device=device, dtype=like.dtype)
+    if kind == "rademacher":
+        eps = eps.sign()
+    return eps.to(like.device)
+
+
+class Dynamics(nn.Module):
+    """Right-hand side of the augmented ODE solved by a continuous flow.
+
+    The state is ``(x, divergence integral[, kinetic, jacobian])``; the
+    derivatives are ``(f, tr(df/dx)[, |f|^2, |df/dx|_F^2])`` per row. Set
+    :attr:`probes` (shape ``(n_probes, batch, dim)``) for Hutchinson's
+    estimate, or leave it None for the exact trace. :attr:`create_graph`
+    says whether the solve is differentiated (training, autograd Jacobians);
+    otherwise each evaluation builds a local graph for the divergence only and
+    returns detached values. :attr:`nfe` counts evaluations.
+    """
+
+    def __init__(self, field: nn.Module, regularize: bool = False) -> None:
+        super().__init__()
+        self.field = field
+        self.regularize = regularize
+        self.probes: Tensor | None = None
+        self.create_graph = False
+        self.nfe = 0
+
+    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        self.nfe += 1
+        x = state[0]
+        with torch.enable_grad():
+            # The first state (the data) and every state of a detached solve
+            # carry no graph; the divergence still needs df/dx.
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            f = self.field(t, x)
+            if self.probes is None:
+                eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+                vectors = eye[:, None, :].expand(x.shape[1], *x.shape)
+            else:
+                vectors = self.probes
+            # vjp[k] = vectors[k]^T df/dx, all vectors in one batched backward.
+            (vjp,) = torch.autograd.grad(
+                f, x, vectors, create_graph=self.create_graph, is_grads_batched=True
+            )
+        if self.probes is None:
+            div = torch.einsum("ibi->b", vjp)
+        else:
+            div = (vjp * vectors).sum(-1).mean(0)
+        derivs: tuple[Tensor, ...] = (f, div)
+        if self.regularize:
+            kinetic = f.square().sum(-1)
+            # Exact: sum of squared Jacobian rows; Hutchinson: E|eps^T J|^2 = |J|_F^2.
+            row_norms = vjp.square().sum(-1)
+            frob = row_norms.sum(0) if self.probes is None else row_norms.mean(0)
+            derivs = (*derivs, kinetic, frob)
+        if not self.create_graph:
+            derivs = tuple(d.detach() for d in derivs)
+        return derivs
