@@ -16,7 +16,7 @@ import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skflow import _persistence
@@ -24,6 +24,7 @@ from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.training import EVAL_CHUNK
+from skflow._preprocessing import dequantization_widths, standardization
 from skflow.engine.transforms import Affine, Compose
 from skflow.exceptions import InvertibilityWarning
 
@@ -113,6 +114,18 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     max_time : float or None, default=None
         Training time budget in seconds; training stops (keeping the best
         weights) once it is spent. None means no limit.
+    dequantize : "auto", False or array-like of shape (n_features,), default="auto"
+        Discrete features (integer codes, counts, ratings, a handful of
+        levels) would let a continuous density grow without bound on their
+        values. They are dequantized: uniform noise as wide as the gap
+        between neighbouring values is added to them at every training step.
+        ``"auto"`` detects such features (values on a lattice that repeat,
+        at most 20 distinct levels, or a constant); ``False`` turns this off;
+        an array gives each feature's noise width (0 = continuous). The
+        fitted widths are in ``dequantization_``. :meth:`score_samples` then
+        reports the log-density of the dequantized variable ``X + U`` at
+        ``X``; for a discrete feature of width ``w`` adding ``log w`` turns it
+        into the log-probability of ``X``'s value.
     kind_options : dict or None, default=None
         Extra keyword options for the chosen ``kind``'s constructor.
     random_state : int, RandomState instance or None, default=None
@@ -142,6 +155,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         Best validation mean log-likelihood (the restored weights').
     n_iter_ : int
         Number of epochs run.
+    dequantization_ : ndarray of shape (n_features_in_,)
+        Width of the uniform dequantization noise of each feature (0 for
+        continuous features).
     offset_ : float
         Threshold on :meth:`score_samples`; ``decision_function`` is
         ``score_samples(X) - offset_``.
@@ -188,6 +204,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         "device": [str, torch.device],
         "dtype": [StrOptions(set(_DTYPES))],
         "max_time": [None, Interval(Real, 0, None, closed="neither")],
+        "dequantize": [StrOptions({"auto"}), Options(bool, {False}), "array-like"],
         "kind_options": [None, dict],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -211,6 +228,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         device="auto",
         dtype="float32",
         max_time=None,
+        dequantize="auto",
         kind_options=None,
         random_state=None,
         verbose=0,
@@ -230,6 +248,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.max_time = max_time
+        self.dequantize = dequantize
         self.kind_options = kind_options
         self.random_state = random_state
         self.verbose = verbose
@@ -259,14 +278,30 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         )
         return Flow(Compose(preprocess, body), StandardNormal(n_features))
 
-    @staticmethod
-    def _fit_preprocessing(flow: Flow, X: np.ndarray) -> None:
-        """Set the fixed standardization layer (the first transform) from ``X``."""
-        loc = X.mean(axis=0)
-        scale = X.std(axis=0)
-        # A constant column has no spread to standardize by; keep its scale.
-        scale = np.where(scale > 0, scale, 1.0)
+    def _fit_preprocessing(self, flow: Flow, X: np.ndarray) -> np.ndarray:
+        """Set the dequantization widths (returned) and the fixed
+        standardization layer (the first transform) from the training rows."""
+        widths = dequantization_widths(X, self.dequantize)
+        loc, scale = standardization(X, widths)
+        flow.dequantization.copy_(torch.as_tensor(widths))
         flow.transform.transforms[0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
+        return widths
+
+    def _validate_X(self, X, **kwargs) -> np.ndarray:
+        """``validate_data`` to float64, with an error naming non-numeric columns."""
+        try:
+            return validate_data(self, X, dtype=np.float64, **kwargs)
+        except ValueError as exc:
+            if "could not convert" not in str(exc):
+                raise
+            dtypes = getattr(X, "dtypes", None)  # a DataFrame names its columns
+            bad = [] if dtypes is None else [c for c, t in dtypes.items() if t.kind not in "biuf"]
+            where = f" (non-numeric columns: {bad})" if bad else ""
+            raise ValueError(
+                f"FlowDensity models numeric features only, but X holds text{where}: {exc}. "
+                "Encode categorical columns first (e.g. OneHotEncoder or OrdinalEncoder in "
+                "a ColumnTransformer) or drop them."
+            ) from None
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -284,7 +319,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         self : FlowDensity
             The fitted estimator.
         """
-        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        X = self._validate_X(X, ensure_min_samples=2)
         self._hidden_units()  # fail fast, before any torch work
         device = resolve_device(self.device)
         dtype = _DTYPES[self.dtype]
@@ -309,7 +344,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                     f"kind_options={self.kind_options!r} are not valid for kind={self.kind!r}: "
                     f"{exc}"
                 ) from None
-        self._fit_preprocessing(flow, X_train)
+        widths = self._fit_preprocessing(flow, X_train)
         flow = flow.to(device=device, dtype=dtype)
 
         def as_tensor(a):
@@ -318,7 +353,14 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         batch_size = min(256, len(train_idx)) if self.batch_size == "auto" else self.batch_size
         generator = torch.Generator().manual_seed(seed)
         desc = f"FlowDensity({self.kind!r})"
-        with epoch_progress(self.verbose, self.max_iter, desc) as on_epoch:
+        # Layers that draw noise while training (Hutchinson probes, flow
+        # matching) use torch's RNG: seed it too, so fit is reproducible.
+        rng_devices = [device] if device.type == "cuda" else []
+        with (
+            torch.random.fork_rng(devices=rng_devices),
+            epoch_progress(self.verbose, self.max_iter, desc) as on_epoch,
+        ):
+            torch.manual_seed(seed)
             result = train_flow(
                 flow,
                 as_tensor(X_train),
@@ -343,7 +385,13 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             max(result.validation_scores, default=None) if self.early_stopping else None
         )
         self.n_iter_ = result.n_iter
+        self.dequantization_ = widths
         self.offset_ = self._compute_offset(X, val_idx)
+        # ODE-based kinds count their vector-field evaluations (fit and the
+        # scoring just done).
+        nfe = getattr(flow.transform.transforms[-1], "nfe", None)
+        if nfe is not None:
+            self.nfe_ = dict(nfe)
         self.reconstruction_error_ = self._check_invertibility(X_train, rng)
         return self
 
@@ -375,11 +423,17 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         rows = torch.tensor(X, dtype=_DTYPES[self.dtype]).to(self.device_)
         err = round_trip_error(self.flow_.transform, rows).double().cpu().numpy()
         error = float((err / scale).max())
-        if not error <= INVERTIBILITY_TOL[self.dtype]:
+        # Inverses computed numerically (ODE solves) are exact only to their
+        # solver tolerance, which the layer reports.
+        tolerance = max(
+            INVERTIBILITY_TOL[self.dtype],
+            getattr(self.flow_.transform.transforms[-1], "round_trip_tolerance", 0.0),
+        )
+        if not error <= tolerance:
             warnings.warn(
                 f"The fitted kind={self.kind!r} flow does not invert its training data: "
                 f"round-trip error {error:.3g} standard deviations (tolerance "
-                f"{INVERTIBILITY_TOL[self.dtype]:g}). Densities use the forward map, but "
+                f"{tolerance:g}). Densities use the forward map, but "
                 "samples are unreliable. Try dtype='float64', a smaller learning_rate "
                 "or fewer n_layers.",
                 InvertibilityWarning,
@@ -428,7 +482,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             abnormal.
         """
         check_is_fitted(self)
-        return self._log_density(validate_data(self, X, dtype=np.float64, reset=False))
+        return self._log_density(self._validate_X(X, reset=False))
 
     def score(self, X, y=None):
         """Mean log-likelihood of the rows of ``X`` (higher is better).
