@@ -69,7 +69,8 @@ class Dynamics(nn.Module):
     """Right-hand side of the augmented ODE solved by a continuous flow.
 
     The state is ``(x, divergence integral[, kinetic, jacobian])``; the
-    derivatives are ``(f, tr(df/dx)[, |f|^2, |df/dx|_F^2])`` per row. Set
+    derivatives are ``(f, tr(df/dx)[, |f|^2, |df/dx|_F^2])`` per row (the
+    regularizers when the state carries them). Set
     :attr:`probes` (shape ``(n_probes, batch, dim)``) for Hutchinson's
     estimate, or leave it None for the exact trace. :attr:`create_graph`
     says whether the solve is differentiated (training, autograd Jacobians);
@@ -77,10 +78,9 @@ class Dynamics(nn.Module):
     returns detached values. :attr:`nfe` counts evaluations.
     """
 
-    def __init__(self, field: nn.Module, regularize: bool = False) -> None:
+    def __init__(self, field: nn.Module) -> None:
         super().__init__()
         self.field = field
-        self.regularize = regularize
         self.probes: Tensor | None = None
         self.create_graph = False
         self.nfe = 0
@@ -108,7 +108,7 @@ class Dynamics(nn.Module):
         else:
             div = (vjp * vectors).sum(-1).mean(0)
         derivs: tuple[Tensor, ...] = (f, div)
-        if self.regularize:
+        if len(state) == 4:
             kinetic = f.square().sum(-1)
             # Exact: sum of squared Jacobian rows; Hutchinson: E|eps^T J|^2 = |J|_F^2.
             row_norms = vjp.square().sum(-1)

@@ -122,10 +122,9 @@ class ContinuousFlow(Transform):
         self.kinetic_energy, self.jacobian_norm = kinetic_energy, jacobian_norm
         self.sigma_min = sigma_min
         self.augment_dims, self.augment_samples = augment_dims, augment_samples
-        regularize = kinetic_energy > 0 or jacobian_norm > 0
+        self.regularize = kinetic_energy > 0 or jacobian_norm > 0
         self.blocks = nn.ModuleList(
-            Dynamics(TimeMLP(self.dim, hidden_units), regularize=regularize)
-            for _ in range(n_blocks)
+            Dynamics(TimeMLP(self.dim, hidden_units)) for _ in range(n_blocks)
         )
         # Seeds the probes and draws of deterministic evaluations; drawn from
         # torch's RNG so the caller's seed fixes it, saved with the weights.
@@ -184,7 +183,7 @@ class ContinuousFlow(Transform):
                 return self._solve(x.clone(), to_data)
         create_graph = torch.is_grad_enabled()
         probes = self._probes(x)
-        regularize = self.blocks[0].regularize and self.training
+        regularize = self.regularize and self.training
         state: tuple[Tensor, ...] = (x, x.new_zeros(x.shape[0]))
         if regularize:
             state = (*state, x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0]))

@@ -1,0 +1,252 @@
+"""Continuous normalizing flows (kind="cnf"): exactness, estimators, training."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import expm
+from scipy.stats import multivariate_normal
+from sklearn.datasets import make_moons
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+from skflow import FlowDensity
+from skflow.engine import Flow, StandardNormal, build_transform
+from skflow.engine.ode import Dynamics, TimeMLP, draw_probes
+
+
+def _cnf(d: int, **options) -> torch.nn.Module:
+    return build_transform("cnf", d, n_layers=1, hidden_units=(), **options).double()
+
+
+def _set_linear_field(cnf, A: torch.Tensor, b: torch.Tensor | None = None) -> None:
+    """With no hidden layers the field is ``f(x, t) = W [x, t] + c``: make it ``A x``."""
+    d = A.shape[0]
+    out = cnf.blocks[0].field.out
+    with torch.no_grad():
+        out.weight.zero_()
+        out.weight[:, :d] = A
+        out.bias.zero_()
+        if b is not None:
+            out.bias.copy_(b)
+
+
+def _random_field_cnf(d: int, scale: float = 0.3, **options) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cnf = build_transform("cnf", d, n_layers=1, hidden_units=(16, 16), **options).double()
+    with torch.no_grad():
+        for p in cnf.parameters():
+            p.copy_(scale * torch.randn_like(p))
+    return cnf.eval()
+
+
+def test_linear_field_matches_analytic_density():
+    # dx/dt = A x  =>  x(1) = expm(A) x(0), so z = expm(-A) x and
+    # log p(x) = log N(z) - tr(A), exactly.
+    d = 3
+    rng = np.random.default_rng(0)
+    A = rng.normal(scale=0.7, size=(d, d))
+    cnf = _cnf(d, rtol=1e-10, atol=1e-10).eval()
+    _set_linear_field(cnf, torch.tensor(A))
+    flow = Flow(cnf, StandardNormal(d)).double()
+    x = rng.normal(size=(50, d)) * 2
+    z_true = x @ expm(-A).T
+    logp_true = multivariate_normal(np.zeros(d)).logpdf(z_true) - np.trace(A)
+    with torch.no_grad():
+        z, _ = cnf(torch.tensor(x))
+        logp = flow.log_prob(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(z.numpy(), z_true, atol=1e-7)
+    np.testing.assert_allclose(logp, logp_true, atol=1e-7)
+
+
+def test_regularizers_match_analytic_integrals():
+    # For f = A x with A = diag(a), integrating from the data x at t = 1:
+    # x(t) = exp(a (t - 1)) x, kinetic energy int_0^1 |f|^2 dt =
+    # sum a^2 x^2 (1 - exp(-2a)) / (2a), and |df/dx|_F^2 = sum a^2 at all t.
+    a = torch.tensor([0.5, -0.3], dtype=torch.float64)
+    cnf = _cnf(2, training="mle", trace="exact", kinetic_energy=0.7, jacobian_norm=0.2)
+    _set_linear_field(cnf, torch.diag(a))
+    x = torch.tensor([[1.0, -2.0], [0.3, 0.4]], dtype=torch.float64)
+    zero = torch.zeros(2, dtype=torch.float64)
+    cnf.train()
+    loss = cnf.training_loss(x, zero)
+    cnf.eval()
+    nll = cnf.training_loss(x, zero)  # eval mode: the likelihood, unregularized
+    kinetic = (a**2 * x**2 * (1 - torch.exp(-2 * a)) / (2 * a)).sum(-1)
+    expected = nll + 0.7 * kinetic + 0.2 * (a**2).sum()
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(probe):
+    # Mean of many single-probe estimates vs the exact divergence, row by row:
+    # a z-test at 4.5 standard errors (fails for any bias of that size).
+    torch.manual_seed(1)
+    d = 4
+    field = TimeMLP(d, (32, 32)).double()
+    with torch.no_grad():
+        for p in field.parameters():
+            p.copy_(0.5 * torch.randn_like(p))
+    dyn = Dynamics(field)
+    x = torch.randn(6, d, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    exact = dyn(t, (x, x.new_zeros(6)))[1]
+    n_draws = 4000
+    dyn.probes = draw_probes(n_draws, x, probe)
+    # One estimate per probe: E[eps^T J eps] with a single eps.
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        f = field(t, xg)
+        (vjp,) = torch.autograd.grad(f, xg, dyn.probes, is_grads_batched=True)
+    single = (vjp * dyn.probes).sum(-1)  # (n_draws, rows)
+    mean, sem = single.mean(0), single.std(0) / math.sqrt(n_draws)
+    assert torch.all((mean - exact).abs() < 4.5 * sem), (mean, exact, sem)
+    # Dynamics averages its probes into the same estimator.
+    torch.testing.assert_close(dyn(t, (x, x.new_zeros(6)))[1], mean)
+    # A real check: the estimates vary (so the test above can fail).
+    assert torch.all(sem > 0)
+
+
+def test_hutchinson_scoring_is_deterministic_and_close_to_exact():
+    x = torch.randn(8, 3, dtype=torch.float64)
+    exact = _random_field_cnf(3)(x)[1]
+    hutch = _random_field_cnf(3, trace="hutchinson", score_probes=256)
+    first, second = hutch(x)[1], hutch(x)[1]
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    assert not torch.equal(first, exact)  # it is an estimate...
+    torch.testing.assert_close(first, exact, atol=0.3, rtol=0)  # ...with 256 probes
+    # "auto" switches to Hutchinson above exact_max_dim.
+    auto = _random_field_cnf(3, exact_max_dim=2, score_probes=256)
+    torch.testing.assert_close(auto(x)[1], first)
+
+
+def test_adjoint_gradients_match_backprop():
+    x = torch.randn(16, 2, dtype=torch.float64)
+    grads = []
+    for adjoint in (False, True):
+        cnf = _random_field_cnf(
+            2, training="mle", trace="exact", adjoint=adjoint, rtol=1e-8, atol=1e-8
+        )
+        cnf.train()
+        cnf.training_loss(x, x.new_zeros(16)).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in cnf.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_augmented_density_integrates_to_one():
+    # Noise-padded augmentation: the importance-weighted estimate is a density
+    # on the data space (a zero-padded joint density would not be).
+    cnf = _random_field_cnf(1, augment_dims=1, augment_samples=64, scale=0.5)
+    flow = Flow(cnf, StandardNormal(1)).double()
+    grid = torch.linspace(-9, 9, 361, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        density = flow.log_prob(grid).exp()
+    mass = float(torch.trapezoid(density, grid[:, 0]))
+    assert 0.95 < mass < 1.02
+    # Unlike N(0, 1): the field moved the mass.
+    gaussian = torch.exp(-0.5 * grid[:, 0] ** 2) / math.sqrt(2 * math.pi)
+    assert float((density - gaussian).abs().max()) > 0.01
+
+
+def test_augmented_untrained_flow_is_exact():
+    # At initialization the field is zero, a is independent of x, and the
+    # importance-weighted estimate equals the exact log N(x).
+    cnf = _cnf(3, augment_dims=2).eval()
+    flow = Flow(cnf, StandardNormal(3)).double()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(flow.log_prob(x), StandardNormal(3).double().log_prob(x))
+
+
+def _moons(n, seed):
+    return make_moons(n, noise=0.05, random_state=seed)[0]
+
+
+@pytest.mark.parametrize("training", ["flow_matching", "mle"])
+def test_fit_reports_nfe_and_round_trips(training):
+    X = _moons(400, 0)
+    est = FlowDensity(
+        "cnf",
+        n_layers=1,
+        hidden_units=(32, 32),
+        max_iter=4,
+        kind_options={"training": training},
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    assert est.nfe_["last_solve"] > 0
+    if training == "mle":
+        assert est.nfe_["fit_total"] > 0 and est.nfe_["fit_per_solve"] > 0
+    else:  # simulation-free: no ODE solved in training
+        assert est.nfe_["fit_total"] == 0
+    # Default tolerances: data -> latent -> data within 1e-3.
+    assert est.reconstruction_error_ <= 1e-3
+    assert np.all(np.isfinite(est.score_samples(X[:20])))
+    assert est.sample(5, random_state=0).shape == (5, 2)
+    np.testing.assert_array_equal(est.sample(5, random_state=0), est.sample(5, random_state=0))
+
+
+def test_fit_is_reproducible():
+    X = _moons(200, 0)
+    est = FlowDensity("cnf", n_layers=1, hidden_units=16, max_iter=2, random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = est.fit(X).score_samples(X[:10])
+        b = est.fit(X).score_samples(X[:10])
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"training": "sgd"}, "training"),
+        ({"solver": "rk45"}, "solver"),
+        ({"rtol": 0}, "rtol"),
+        ({"augment_dims": -1}, "augment_dims"),
+        ({"kinetic_energy": 0.1}, "flow matching"),
+    ],
+)
+def test_bad_options_say_what_to_do(options, match):
+    with pytest.raises(ValueError, match=match):
+        FlowDensity("cnf", kind_options=options).fit(np.random.default_rng(0).normal(size=(20, 2)))
+
+
+def _held_out_ll(training, X_train, X_test, **params):
+    est = FlowDensity("cnf", kind_options={"training": training}, random_state=0, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X_train)
+    return est.score(X_test)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("training", ["flow_matching", "mle"])
+def test_moons_fitted_well(training):
+    X_train, X_test = _moons(2000, 0), _moons(1000, 1)
+    gmm = GaussianMixture(16, random_state=0).fit(X_train).score(X_test)
+    params = {"n_layers": 1, "hidden_units": (64, 64), "learning_rate": 3e-3}
+    params["max_iter"] = 300 if training == "flow_matching" else 60
+    ll = _held_out_ll(training, X_train, X_test, **params)
+    # A 16-component mixture is a strong baseline on moons (about -1.1 nats).
+    assert ll > gmm - 0.1, (ll, gmm)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("training", ["flow_matching", "mle"])
+def test_gaussian_5d_fitted_well(training):
+    rng = np.random.default_rng(0)
+    L = rng.normal(size=(5, 5)) * 0.5 + np.eye(5)
+    mean = rng.normal(size=5) * 3
+    X = rng.normal(size=(3000, 5)) @ L.T + mean
+    X_train, X_test = X[:2000], X[2000:]
+    truth = multivariate_normal(mean, L @ L.T).logpdf(X_test).mean()
+    params = {"n_layers": 1, "hidden_units": (32, 32)}
+    params["max_iter"] = 200 if training == "flow_matching" else 40
+    ll = _held_out_ll(training, X_train, X_test, **params)
+    assert abs(ll - truth) < 0.1, (ll, truth)
