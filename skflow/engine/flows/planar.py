@@ -31,9 +31,13 @@ from torch.nn import functional as F
 
 from skflow.engine.transforms import Compose, Transform
 
-# m(a) = softplus(a + shift) - 1 maps R onto (-1, inf) with m(0) = 0, so
-# u_hat = u whenever w . u = 0 and u = 0 makes the layer the identity.
-_SHIFT = math.log(math.e - 1)
+# u_hat . w = m(w . u) with m(a) = MIN_SLOPE - 1 + softplus(a + _SHIFT), which
+# maps R onto (MIN_SLOPE - 1, inf) with m(0) = 0: u_hat = u whenever w . u = 0,
+# so u = 0 makes the layer the identity. The floor MIN_SLOPE (rather than the
+# paper's -1) survives rounding: softplus underflows to 0 for w . u << 0, and
+# a derivative of exactly 0 would mean -inf log-densities and no inverse.
+MIN_SLOPE = 1e-3
+_SHIFT = math.log(math.expm1(1 - MIN_SLOPE))
 MAX_NEWTON_ITER = 200
 
 
@@ -84,11 +88,16 @@ class Planar(Transform):
         self.b = nn.Parameter(torch.zeros(()))
 
     def _u_hat(self) -> tuple[Tensor, Tensor]:
-        """``u_hat`` with ``u_hat . w = m(w . u) > -1``, and ``u_hat . w``."""
+        """``u_hat`` and ``u_hat . w = m(w . u) >= MIN_SLOPE - 1``.
+
+        The dot product is returned from its formula, not recomputed, so the
+        log-determinant and the inverse see the guaranteed bound exactly.
+        """
         wu = self.w @ self.u
+        uw = F.softplus(wu + _SHIFT) + (MIN_SLOPE - 1)
+        # With w = 0, uw = m(0) = 0 = w . u already: the clamp only avoids 0 / 0.
         w_sq = self.w.square().sum().clamp_min(torch.finfo(self.w.dtype).tiny)
-        u_hat = self.u + (F.softplus(wu + _SHIFT) - 1 - wu) * self.w / w_sq
-        return u_hat, self.w @ u_hat
+        return self.u + (uw - wu) * self.w / w_sq, uw
 
     @staticmethod
     def _log_slope(pre: Tensor, uw: Tensor) -> Tensor:
