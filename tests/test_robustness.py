@@ -1,0 +1,338 @@
+"""Messy input and numerical failure: every case errors clearly or is handled.
+
+Table-driven: each bad input either raises the named exception with a message
+that says what is wrong, or is handled and gives finite, correct numbers.
+Also: divergence recovery, the invertibility check, float64 mode,
+determinism across fits and processes, and torch threads in parallel search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.datasets import make_moons
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV
+
+from skflow import FlowDensity
+from skflow.engine import KINDS
+from skflow.engine.diagnostics import round_trip_error
+from skflow.engine.transforms import Compose, Transform
+from skflow.exceptions import InvertibilityWarning
+
+FAST = dict(n_layers=2, hidden_units=16, max_iter=10, random_state=0)
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+X = make_moons(n_samples=300, noise=0.1, random_state=0)[0]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return FlowDensity(**FAST).fit(X)
+
+
+def _with(value, row=0, col=0):
+    bad = X.copy()
+    bad[row, col] = value
+    return bad
+
+
+def _frame_with_text():
+    pd = pytest.importorskip("pandas")
+    return pd.DataFrame({"a": X[:, 0], "b": np.where(X[:, 1] > 0, "up", "down")})
+
+
+# (input, exception, message that must appear). Each message names the problem.
+BAD_FIT_INPUT = {
+    "nan": (lambda: _with(np.nan), ValueError, "Input X contains NaN"),
+    "inf": (lambda: _with(np.inf), ValueError, "infinity"),
+    "-inf": (lambda: _with(-np.inf), ValueError, "infinity"),
+    "0 rows": (lambda: X[:0], ValueError, "0 sample"),
+    "1 row": (lambda: X[:1], ValueError, "minimum of 2 is required"),
+    "1-d array": (lambda: X[:, 0], ValueError, "Expected 2D array"),
+    "3-d array": (lambda: X[:, :, None], ValueError, "dim 3"),
+    "sparse csr": (lambda: sp.csr_matrix(X), TypeError, "dense data is required"),
+    "sparse coo": (lambda: sp.coo_array(X), TypeError, "dense data is required"),
+    "strings": (lambda: X.astype(str).astype(object) + "x", ValueError, "numeric features only"),
+    "text column": (_frame_with_text, ValueError, r"non-numeric columns: \['b'\]"),
+    "complex": (lambda: X.astype(complex), ValueError, "Complex data not supported"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FIT_INPUT))
+def test_bad_fit_input_raises_clearly(case):
+    make, exc, match = BAD_FIT_INPUT[case]
+    with pytest.raises(exc, match=match):
+        FlowDensity(**FAST).fit(make())
+
+
+BAD_QUERY_INPUT = {
+    "nan": (lambda: _with(np.nan)[:5], ValueError, "Input X contains NaN"),
+    "inf": (lambda: _with(np.inf)[:5], ValueError, "infinity"),
+    "0 rows": (lambda: X[:0], ValueError, "0 sample"),
+    "too many features": (lambda: np.c_[X, X][:5], ValueError, "4 features, but FlowDensity"),
+    "too few features": (lambda: X[:5, :1], ValueError, "1 features, but FlowDensity"),
+    "sparse": (lambda: sp.csr_matrix(X), TypeError, "dense data is required"),
+    "strings": (lambda: X[:5].astype(str).astype(object) + "x", ValueError, "numeric features"),
+}
+
+
+@pytest.mark.parametrize("method", ["score_samples", "predict", "decision_function", "score"])
+@pytest.mark.parametrize("case", sorted(BAD_QUERY_INPUT))
+def test_bad_query_input_raises_clearly(fitted, case, method):
+    make, exc, match = BAD_QUERY_INPUT[case]
+    with pytest.raises(exc, match=match):
+        getattr(fitted, method)(make())
+
+
+def _read_only(a):
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def _constant_column():
+    return np.c_[X, np.full(len(X), 7.0)]
+
+
+# Inputs that are valid, if unusual: fit works and scores are finite.
+ODD_BUT_VALID = {
+    "2 rows": lambda: X[:2],
+    "3 rows": lambda: X[:3],
+    "1 column": lambda: X[:, :1],
+    "constant column": _constant_column,
+    "integer dtype": lambda: np.round(X * 10).astype(np.int64),
+    "float32": lambda: X.astype(np.float32),
+    "read-only": lambda: _read_only(X),
+    "fortran order": lambda: np.asfortranarray(X),
+    "bool": lambda: X > 0,
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_BUT_VALID))
+def test_unusual_but_valid_input_is_handled(case):
+    data = ODD_BUT_VALID[case]()
+    est = FlowDensity(**FAST).fit(data)
+    scores = est.score_samples(data)
+    assert scores.shape == (len(data),) and np.isfinite(scores).all()
+    assert est.sample(3, random_state=0).shape == (3, data.shape[1])
+    assert np.isfinite(est.reconstruction_error_)
+
+
+def test_float32_and_float64_input_give_the_same_model():
+    x32 = X.astype(np.float32)
+    a = FlowDensity(**FAST).fit(x32)
+    b = FlowDensity(**FAST).fit(x32.astype(np.float64))
+    np.testing.assert_array_equal(a.score_samples(x32), b.score_samples(x32))
+
+
+def test_column_scaled_by_1e12_shifts_log_density_by_log_1e12():
+    # Standardization inside the flow makes the fit scale-free; the density
+    # of the scaled column is divided by the scale.
+    scale = np.array([1e12, 1.0])
+    a = FlowDensity(**FAST).fit(X)
+    b = FlowDensity(**FAST).fit(X * scale)
+    np.testing.assert_allclose(
+        b.score_samples(X * scale), a.score_samples(X) - np.log(1e12), rtol=0, atol=1e-3
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("value", [1e10, -1e10, 1e30, 1e300, -1e300])
+def test_extreme_query_is_very_unlikely_never_nan(dtype, value):
+    est = FlowDensity(dtype=dtype, **FAST).fit(X)
+    far = np.array([[value, 0.0], [0.0, value], [value, -value]])
+    scores = est.score_samples(far)
+    assert not np.isnan(scores).any()
+    # Finite and far below every training row, or the limit -inf.
+    assert (scores < est.score_samples(X).min() - 100).all()
+    assert (est.predict(far) == -1).all()
+
+
+def test_pandas_feature_names_with_and_without(fitted):
+    pd = pytest.importorskip("pandas")
+    named = pd.DataFrame(X, columns=["a", "b"])
+    unnamed = pd.DataFrame(X)  # integer column labels: no feature names
+    est = FlowDensity(**FAST).fit(named)
+    assert list(est.feature_names_in_) == ["a", "b"]
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        est.score_samples(X)
+    with pytest.raises(ValueError, match="feature names should match"):
+        est.score_samples(named[["b", "a"]])
+    est = FlowDensity(**FAST).fit(unnamed)
+    assert not hasattr(est, "feature_names_in_")
+    with pytest.warns(UserWarning, match="X has feature names, but FlowDensity was fitted"):
+        est.score_samples(named)
+
+
+@pytest.mark.parametrize(
+    "n_samples, match",
+    [(-1, "non-negative int"), (2.5, "non-negative int"), (True, "non-negative int")],
+)
+def test_sample_rejects_bad_counts(fitted, n_samples, match):
+    with pytest.raises(ValueError, match=match):
+        fitted.sample(n_samples)
+
+
+def test_sample_zero_rows(fitted):
+    out = fitted.sample(0)
+    assert out.shape == (0, 2) and out.dtype == np.float64
+
+
+# Each message must name the parameter and say what is allowed.
+INVALID_PARAMS = [
+    (dict(kind="nope"), r"'kind' parameter .* must be a str among"),
+    (dict(n_layers=0), r"'n_layers' parameter .* must be an int in the range \[1, inf\)"),
+    (dict(n_layers=2.5), r"'n_layers' parameter .* must be an int"),
+    (dict(max_iter=0), r"'max_iter' parameter .* range \[1, inf\)"),
+    (dict(batch_size=0), r"'batch_size' parameter .* must be a str among \{'auto'\} or an int"),
+    (dict(batch_size="big"), r"'batch_size' parameter"),
+    (dict(learning_rate=0.0), r"'learning_rate' parameter .* range \(0.0, inf\)"),
+    (dict(weight_decay=-1.0), r"'weight_decay' parameter .* range \[0.0, inf\)"),
+    (dict(validation_fraction=0.0), r"'validation_fraction' parameter .* range \(0.0, 1.0\)"),
+    (dict(n_iter_no_change=0), r"'n_iter_no_change' parameter"),
+    (dict(tol=-1.0), r"'tol' parameter .* range \[0.0, inf\)"),
+    (dict(contamination=0.0), r"'contamination' parameter .* range \(0.0, 0.5\]"),
+    (dict(dtype="float16"), r"'dtype' parameter .* among \{'float(32|64)', 'float(32|64)'\}"),
+    (dict(max_time=0), r"'max_time' parameter .* range \(0.0, inf\)"),
+    (dict(random_state="seed"), r"'random_state' parameter"),
+    (dict(kind_options=[1]), r"'kind_options' parameter .* None or an instance of 'dict'"),
+    (dict(hidden_units=(8, -1)), r"hidden_units must be a positive int or a tuple"),
+    (dict(device="tpu"), r"device='tpu'"),
+]
+
+
+@pytest.mark.parametrize("params, match", INVALID_PARAMS, ids=lambda v: str(v)[:30])
+def test_invalid_parameter_messages_say_what_is_allowed(params, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        FlowDensity(**{**FAST, **params}).fit(X)
+
+
+# ------------------------------------------------------------ numerical failure
+@pytest.mark.parametrize("kind", ["maf", "realnvp"])
+def test_divergence_restores_best_weights_and_says_what_to_try(kind):
+    with pytest.warns(ConvergenceWarning, match="diverged.*Try a smaller learning_rate"):
+        est = FlowDensity(kind=kind, learning_rate=1e7, n_layers=3, max_iter=30, random_state=0)
+        est.fit(X)
+    assert np.isnan(est.loss_curve_[-1]) or est.n_iter_ < 30
+    assert np.isfinite(est.score_samples(X)).all()
+    assert np.isfinite(est.sample(5, random_state=0)).all()
+    assert est.reconstruction_error_ < 1e-2
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("float64", 1e-10)])
+def test_healthy_fit_inverts_its_training_data(dtype, tol):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InvertibilityWarning)
+        est = FlowDensity(dtype=dtype, **FAST).fit(X)
+    assert 0 <= est.reconstruction_error_ < tol
+
+
+class _LossyInverse(Transform):
+    """Identity forward, inverse off by 10%: a layer whose inverse is broken."""
+
+    def forward(self, x):
+        return x, x.new_zeros(x.shape[0])
+
+    def inverse(self, z):
+        return 1.1 * z, z.new_zeros(z.shape[0])
+
+
+def test_broken_inverse_is_measured_and_warned(monkeypatch):
+    maf = KINDS["maf"]
+    monkeypatch.setitem(KINDS, "maf", lambda d, **kw: Compose(maf(d, **kw), _LossyInverse()))
+    with pytest.warns(InvertibilityWarning, match="does not invert its training data"):
+        est = FlowDensity(**FAST).fit(X)
+    assert est.reconstruction_error_ > 0.05
+    assert np.isfinite(est.score_samples(X)).all()
+
+
+def test_round_trip_error_reports_nan_as_inf():
+    class Nan(_LossyInverse):
+        def inverse(self, z):
+            return torch.full_like(z, torch.nan), z.new_zeros(z.shape[0])
+
+    err = round_trip_error(Nan(), torch.zeros(3, 2))
+    assert err.shape == (3, 2) and torch.isinf(err).all()
+
+
+def test_float64_mode_is_exact_to_more_digits():
+    est = FlowDensity(dtype="float64", **FAST).fit(X)
+    assert est.flow_.base._anchor.dtype == torch.float64
+    assert all(p.dtype == torch.float64 for p in est.flow_.parameters())
+    lo = FlowDensity(dtype="float32", **FAST).fit(X)
+    # Same initialization and data order: the two precisions agree closely.
+    np.testing.assert_allclose(lo.score_samples(X), est.score_samples(X), atol=5e-3)
+    assert est.reconstruction_error_ < 1e-3 * lo.reconstruction_error_
+
+
+# ------------------------------------------------------------------ determinism
+def _fingerprint(est, X):
+    """Exact bits of everything a fit produces that a user sees."""
+    return [
+        [float(v).hex() for v in est.loss_curve_],
+        [float(v).hex() for v in est.score_samples(X)],
+        [float(v).hex() for v in est.sample(7, random_state=3).ravel()],
+    ]
+
+
+_IN_FRESH_PROCESS = """
+import json, sys, warnings
+import torch
+torch.set_num_threads(1)
+warnings.simplefilter("ignore")
+from sklearn.datasets import make_moons
+from skflow import FlowDensity
+from test_robustness import _fingerprint
+X = make_moons(n_samples=300, noise=0.1, random_state=0)[0]
+params = json.loads(sys.argv[1])
+print(json.dumps({kind: _fingerprint(FlowDensity(kind=kind, **params).fit(X), X)
+                  for kind in ["maf", "realnvp"]}))
+"""
+
+
+def test_bitwise_reproducible_across_fits_and_processes():
+    # Same seed, thread count (1, as conftest sets) and build: identical bits.
+    first = {
+        kind: _fingerprint(FlowDensity(kind=kind, **FAST).fit(X), X) for kind in ["maf", "realnvp"]
+    }
+    assert _fingerprint(FlowDensity(kind="maf", **FAST).fit(X), X) == first["maf"]
+    out = subprocess.run(
+        [sys.executable, "-c", _IN_FRESH_PROCESS, json.dumps(FAST)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=os.path.dirname(__file__),
+        check=True,
+        timeout=300,
+    )
+    assert json.loads(out.stdout) == first
+
+
+# ------------------------------------------------------------------------- load
+def _torch_threads(estimator, X_, y=None):
+    return float(torch.get_num_threads())
+
+
+def test_parallel_grid_search_limits_torch_threads_per_worker():
+    # joblib's loky workers start with OMP_NUM_THREADS = cpus // n_jobs, which
+    # torch reads at start-up: workers do not oversubscribe the machine.
+    grid = GridSearchCV(
+        FlowDensity(**{**FAST, "max_iter": 3}),
+        {"kind": ["maf", "realnvp"]},
+        cv=2,
+        n_jobs=2,
+        scoring=_torch_threads,
+    ).fit(X)
+    threads = grid.cv_results_["mean_test_score"]
+    assert len(threads) == 2
+    assert (threads == max(1, joblib.cpu_count() // 2)).all()
