@@ -15,6 +15,13 @@ from skflow.engine.transforms import ActNorm, BatchNormFlow, LULinear, Split
 from tests.test_transforms import _jacobian_logdet
 
 
+def _fit(X: np.ndarray, **params) -> FlowDensity:
+    # Short fits: the tests check the API and the fit, not convergence.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return FlowDensity(random_state=0, **params).fit(X)
+
+
 def _randomize(module: torch.nn.Module, scale: float = 0.3) -> None:
     torch.manual_seed(1)
     with torch.no_grad():
@@ -171,17 +178,9 @@ def test_batch_norm_single_row_uses_running_averages():
 @pytest.mark.parametrize("kind", ["maf", "realnvp", "nice"])
 def test_batch_norm_option(kind):
     X = np.random.default_rng(0).normal(size=(300, 3))
-    est = FlowDensity(
-        kind=kind,
-        kind_options={"batch_norm": True},
-        n_layers=2,
-        hidden_units=16,
-        max_iter=5,
-        random_state=0,
+    est = _fit(
+        X, kind=kind, kind_options={"batch_norm": True}, n_layers=2, hidden_units=16, max_iter=5
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(X)
     assert any(isinstance(m, BatchNormFlow) for m in est.flow_.modules())
     scores = est.score_samples(X)
     assert np.isfinite(scores).all()
@@ -197,10 +196,7 @@ def test_samples_match_data_moments(kind, max_iter):
     rng = np.random.default_rng(0)
     cov = np.array([[1.0, 0.8, 0.0], [0.8, 1.0, -0.5], [0.0, -0.5, 1.0]]) * 4
     X = rng.multivariate_normal([1.0, -2.0, 5.0], cov, size=2000)
-    est = FlowDensity(kind=kind, n_layers=4, hidden_units=32, max_iter=max_iter, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(X)
+    est = _fit(X, kind=kind, n_layers=4, hidden_units=32, max_iter=max_iter)
     S = est.sample(5000, random_state=0)
     np.testing.assert_allclose(S.mean(0), X.mean(0), atol=0.15)
     np.testing.assert_allclose(np.cov(S.T), np.cov(X.T), atol=0.4)
@@ -213,16 +209,7 @@ def test_samples_match_data_moments(kind, max_iter):
 def test_image_glow_estimator_end_to_end():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(100, 2 * 4 * 4)) + np.linspace(0, 3, 32)
-    est = FlowDensity(
-        kind="glow",
-        kind_options={"image_shape": (2, 4, 4)},
-        n_layers=2,
-        hidden_units=8,
-        max_iter=3,
-        random_state=0,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(X)
+    options = {"image_shape": (2, 4, 4)}
+    est = _fit(X, kind="glow", kind_options=options, n_layers=2, hidden_units=8, max_iter=3)
     assert np.isfinite(est.score_samples(X)).all()
     assert est.sample(4, random_state=0).shape == (4, 32)
