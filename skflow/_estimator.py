@@ -71,9 +71,13 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     kind : str, default="maf"
         Flow family. ``"maf"`` (masked autoregressive flow: fast density,
         sampling takes one pass per feature) or ``"realnvp"`` (affine
-        coupling: fast in both directions).
+        coupling: fast in both directions). ``"cnf"`` is a continuous
+        normalizing flow (an ODE; trained by flow matching or, with
+        ``kind_options={"training": "mle"}``, FFJORD maximum likelihood).
     n_layers : int, default=5
-        Number of flow layers (transforms) stacked.
+        Number of flow layers (transforms) stacked; for ``"cnf"``, the number
+        of vector-field networks, each owning an equal slice of the ODE's time
+        (one ODE solve each: 1 or 2 is usually enough).
     hidden_units : int or tuple of int, default=(128, 128)
         Hidden layer widths of each layer's conditioner network. An int ``h``
         means ``(h, h)``.
@@ -148,16 +152,31 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         Column names, when ``X`` was a DataFrame with string column names.
     loss_curve_ : list of float
         Mean training negative log-likelihood (nats per row) of each epoch.
+        For ``"cnf"`` with ``training="mle"`` the regularization terms are
+        included; with ``training="flow_matching"`` it is the flow-matching
+        loss (mean squared velocity error in standardized units), not a
+        likelihood.
     validation_scores_ : list of float or None
         Validation mean log-likelihood after each epoch (None without
-        early stopping).
+        early stopping). For ``"cnf"`` with ``training="flow_matching"`` it
+        is minus the flow-matching loss on the validation rows (fixed random
+        draws), which is far cheaper than an ODE solve per epoch;
+        :meth:`score` gives their log-likelihood.
     best_validation_score_ : float or None
-        Best validation mean log-likelihood (the restored weights').
+        Best validation score (the restored weights').
     n_iter_ : int
         Number of epochs run.
+    nfe_ : dict
+        Only for ``"cnf"``: vector-field evaluations. ``"fit_total"`` in
+        training solves (0 under flow matching, which solves no ODE),
+        ``"fit_per_solve"`` per training batch, ``"last_solve"`` for the
+        scoring solve that sets ``offset_`` at the end of ``fit``.
     dequantization_ : ndarray of shape (n_features_in_,)
         Width of the uniform dequantization noise of each feature (0 for
         continuous features).
+    lattice_origin_ : ndarray of shape (n_features_in_,)
+        Smallest training value of each feature: with ``dequantization_`` it
+        defines the lattice that :meth:`sample` rounds discrete features to.
     offset_ : float
         Threshold on :meth:`score_samples`; ``decision_function`` is
         ``score_samples(X) - offset_``.
@@ -386,6 +405,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         )
         self.n_iter_ = result.n_iter
         self.dequantization_ = widths
+        self.lattice_origin_ = X_train.min(axis=0)
         self.offset_ = self._compute_offset(X, val_idx)
         # ODE-based kinds count their vector-field evaluations (fit and the
         # scoring just done).
@@ -531,6 +551,15 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         """
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
+    def _snap_to_lattice(self, samples: np.ndarray) -> np.ndarray:
+        """Round dequantized features back onto their lattice of values."""
+        width = self.dequantization_
+        if not np.any(width > 0):
+            return samples
+        safe = np.where(width > 0, width, 1.0)
+        snapped = self.lattice_origin_ + safe * np.round((samples - self.lattice_origin_) / safe)
+        return np.where(width > 0, snapped, samples)
+
     def sample(self, n_samples=1, random_state=None, as_frame=False):
         """Draw samples from the fitted density.
 
@@ -547,7 +576,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         Returns
         -------
         X : ndarray or DataFrame of shape (n_samples, n_features_in_)
-            Samples in the units of the training data.
+            Samples in the units of the training data. Dequantized
+            (discrete) features are rounded back onto their lattice, so
+            integer codes come back as integers.
 
         Examples
         --------
@@ -565,7 +596,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         gen = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
             x = self.flow_.sample(int(n_samples), generator=gen)
-        samples = x.double().cpu().numpy()
+        samples = self._snap_to_lattice(x.double().cpu().numpy())
         if not as_frame:
             return samples
         try:
@@ -716,13 +747,15 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             est._validate_params()
             fitted = {k: _persistence.decode(v) for k, v in header["fitted"].items()}
             flow = est._build_flow(fitted["n_features_in_"])
+            _persistence.check_tensors(flow.state_dict(), tensors)
             # assign=True keeps the file's dtype (float32 or float64).
             flow.load_state_dict(tensors, strict=True, assign=True)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            problem = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ValueError(
                 f"{str(path)!r} was saved by skflow {saved_by} and does not match the "
-                f"estimator this skflow ({__version__}) builds ({exc}). Load it with skflow "
-                f"{saved_by}, or refit."
+                f"estimator this skflow ({__version__}) builds: {problem}. Load it with "
+                f"skflow {saved_by}, or refit."
             ) from None
         for name, value in fitted.items():
             setattr(est, name, value)

@@ -80,6 +80,33 @@ def decode(value: Any) -> Any:
     raise ValueError(f"Unknown entry {sorted(value)} in a skflow model file.")
 
 
+def check_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming the first few tensors that are missing,
+    unexpected or of another shape in ``found``, compared with ``expected``."""
+
+    def listing(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    missing = sorted(expected.keys() - found.keys())
+    extra = sorted(found.keys() - expected.keys())
+    reshaped = sorted(
+        f"{k} {tuple(found[k].shape)} instead of {tuple(expected[k].shape)}"
+        for k in expected.keys() & found.keys()
+        if found[k].shape != expected[k].shape
+    )
+    problems = [
+        f"{what}: {listing(names)}"
+        for what, names in [
+            ("missing tensors", missing),
+            ("unexpected tensors", extra),
+            ("tensors of another shape", reshaped),
+        ]
+        if names
+    ]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256(header.encode())
     for key in sorted(tensors):

@@ -74,6 +74,60 @@ def _std_normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * (z.square().sum(-1) + z.shape[-1] * _LOG_2PI)
 
 
+def _check_options(
+    training: str,
+    solver: str,
+    rtol: float,
+    atol: float,
+    n_steps: int,
+    trace: str,
+    probe: str,
+    n_probes: int,
+    score_probes: int,
+    exact_max_dim: int,
+    kinetic_energy: float,
+    jacobian_norm: float,
+    sigma_min: float,
+    augment_dims: int,
+    augment_samples: int,
+) -> None:
+    """Raise ValueError, saying what to change, for an invalid option."""
+    choices = {
+        "training": (training, TRAININGS),
+        "trace": (trace, TRACES),
+        "probe": (probe, PROBES),
+        "solver": (solver, ADAPTIVE_SOLVERS + FIXED_SOLVERS),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"kind='cnf' option {name}={value!r} is not one of {list(allowed)}.")
+    for name, value in {"rtol": rtol, "atol": atol}.items():
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"kind='cnf' option {name} must be a positive number, got {value!r}.")
+    positive = {
+        "n_steps": n_steps,
+        "n_probes": n_probes,
+        "score_probes": score_probes,
+        "augment_samples": augment_samples,
+    }
+    non_negative = {"exact_max_dim": exact_max_dim, "augment_dims": augment_dims}
+    for name, value in {**positive, **non_negative}.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < (name in positive):
+            kind = "positive" if name in positive else "non-negative"
+            raise ValueError(f"kind='cnf' option {name} must be a {kind} int, got {value!r}.")
+    for name, value in {"kinetic_energy": kinetic_energy, "jacobian_norm": jacobian_norm}.items():
+        if not (isinstance(value, (int, float)) and value >= 0):
+            raise ValueError(f"kind='cnf' option {name} must be >= 0, got {value!r}.")
+        if value > 0 and training != "mle":
+            raise ValueError(
+                f"kind='cnf' option {name} regularizes the ODE solved in training='mle'; "
+                "flow matching solves none (its straight paths need no such penalty). "
+                "Set training='mle' or remove the option."
+            )
+    if not (isinstance(sigma_min, (int, float)) and 0 <= sigma_min < 1):
+        raise ValueError(f"kind='cnf' option sigma_min must be in [0, 1), got {sigma_min!r}.")
+
+
 class ContinuousFlow(Transform):
     """A continuous normalizing flow; see the module docstring.
 
@@ -82,6 +136,20 @@ class ContinuousFlow(Transform):
     is Hutchinson's estimate while training with ``"mle"`` and exact
     otherwise (``trace="auto"``). :attr:`nfe` reports the number of vector
     field evaluations.
+
+    Options: ``training`` (``"flow_matching"`` or ``"mle"``); ``solver``
+    (adaptive: ``dopri5``, ``dopri8``, ``bosh3``, ``adaptive_heun``,
+    ``fehlberg2`` with ``rtol``/``atol``; fixed-step: ``euler``,
+    ``midpoint``, ``heun3``, ``rk4`` with ``n_steps`` steps over the unit time
+    interval); ``adjoint`` (backpropagate by solving the adjoint ODE: memory
+    independent of the number of steps, more evaluations); ``trace``
+    (``"auto"``: Hutchinson when training by ``mle``, exact when scoring up to
+    ``exact_max_dim`` dimensions; ``"exact"``; ``"hutchinson"``), ``probe``
+    (``"rademacher"`` or ``"gaussian"``), ``n_probes`` per training solve and
+    ``score_probes`` per scoring solve; ``kinetic_energy`` and
+    ``jacobian_norm`` regularization weights (``mle`` only); ``sigma_min``
+    (flow matching path width at the data); ``augment_dims`` and
+    ``augment_samples`` (noise augmentation; see the module docstring).
     """
 
     def __init__(
@@ -90,37 +158,54 @@ class ContinuousFlow(Transform):
         *,
         n_blocks: int,
         hidden_units: Sequence[int],
-        training: str,
-        solver: str,
-        rtol: float,
-        atol: float,
-        n_steps: int,
-        adjoint: bool,
-        trace: str,
-        probe: str,
-        n_probes: int,
-        score_probes: int,
-        exact_max_dim: int,
-        kinetic_energy: float,
-        jacobian_norm: float,
-        sigma_min: float,
-        augment_dims: int,
-        augment_samples: int,
+        training: str = "flow_matching",
+        solver: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        n_steps: int = 32,
+        adjoint: bool = False,
+        trace: str = "auto",
+        probe: str = "rademacher",
+        n_probes: int = 1,
+        score_probes: int = 64,
+        exact_max_dim: int = 64,
+        kinetic_energy: float = 0.0,
+        jacobian_norm: float = 0.0,
+        sigma_min: float = 0.0,
+        augment_dims: int = 0,
+        augment_samples: int = 16,
     ) -> None:
+        _check_options(
+            training,
+            solver,
+            rtol,
+            atol,
+            n_steps,
+            trace,
+            probe,
+            n_probes,
+            score_probes,
+            exact_max_dim,
+            kinetic_energy,
+            jacobian_norm,
+            sigma_min,
+            augment_dims,
+            augment_samples,
+        )
         super().__init__()
         self.n_features = n_features
         self.dim = n_features + augment_dims
         self.training_method = training
         self.solver = solver
-        self.rtol, self.atol = rtol, atol
+        self.rtol, self.atol = float(rtol), float(atol)
         self.n_steps = n_steps
-        self.adjoint = adjoint
+        self.adjoint = bool(adjoint)
         self.trace = trace
         self.probe = probe
         self.n_probes, self.score_probes = n_probes, score_probes
         self.exact_max_dim = exact_max_dim
-        self.kinetic_energy, self.jacobian_norm = kinetic_energy, jacobian_norm
-        self.sigma_min = sigma_min
+        self.kinetic_energy, self.jacobian_norm = float(kinetic_energy), float(jacobian_norm)
+        self.sigma_min = float(sigma_min)
         self.augment_dims, self.augment_samples = augment_dims, augment_samples
         self.regularize = kinetic_energy > 0 or jacobian_norm > 0
         self.blocks = nn.ModuleList(
@@ -291,95 +376,8 @@ class ContinuousFlow(Transform):
 
 
 def build_cnf(
-    n_features: int,
-    *,
-    n_layers: int,
-    hidden_units: Sequence[int],
-    training: str = "flow_matching",
-    solver: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    n_steps: int = 32,
-    adjoint: bool = False,
-    trace: str = "auto",
-    probe: str = "rademacher",
-    n_probes: int = 1,
-    score_probes: int = 64,
-    exact_max_dim: int = 64,
-    kinetic_energy: float = 0.0,
-    jacobian_norm: float = 0.0,
-    sigma_min: float = 0.0,
-    augment_dims: int = 0,
-    augment_samples: int = 16,
+    n_features: int, *, n_layers: int, hidden_units: Sequence[int], **options: object
 ) -> Transform:
-    """Continuous normalizing flow with ``n_layers`` blocks in time.
-
-    Options: ``training`` (``"flow_matching"`` or ``"mle"``); ``solver``
-    (adaptive: ``dopri5``, ``dopri8``, ``bosh3``, ``adaptive_heun``,
-    ``fehlberg2`` with ``rtol``/``atol``; fixed-step: ``euler``,
-    ``midpoint``, ``heun3``, ``rk4`` with ``n_steps`` steps over the unit time
-    interval); ``adjoint`` (backpropagate by solving the adjoint ODE: memory
-    independent of the number of steps, more evaluations); ``trace``
-    (``"auto"``: Hutchinson when training by ``mle``, exact when scoring up to
-    ``exact_max_dim`` dimensions; ``"exact"``; ``"hutchinson"``), ``probe``
-    (``"rademacher"`` or ``"gaussian"``), ``n_probes`` per training solve and
-    ``score_probes`` per scoring solve; ``kinetic_energy`` and
-    ``jacobian_norm`` regularization weights (``mle`` only); ``sigma_min``
-    (flow matching path width at the data); ``augment_dims`` and
-    ``augment_samples`` (noise augmentation; see the module docstring).
-    """
-    choices = {
-        "training": (training, TRAININGS),
-        "trace": (trace, TRACES),
-        "probe": (probe, PROBES),
-        "solver": (solver, ADAPTIVE_SOLVERS + FIXED_SOLVERS),
-    }
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ValueError(f"kind='cnf' option {name}={value!r} is not one of {list(allowed)}.")
-    for name, value in {"rtol": rtol, "atol": atol}.items():
-        if not (isinstance(value, (int, float)) and value > 0):
-            raise ValueError(f"kind='cnf' option {name} must be a positive number, got {value!r}.")
-    positive = {
-        "n_steps": n_steps,
-        "n_probes": n_probes,
-        "score_probes": score_probes,
-        "augment_samples": augment_samples,
-    }
-    non_negative = {"exact_max_dim": exact_max_dim, "augment_dims": augment_dims}
-    for name, value in {**positive, **non_negative}.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < (name in positive):
-            kind = "positive" if name in positive else "non-negative"
-            raise ValueError(f"kind='cnf' option {name} must be a {kind} int, got {value!r}.")
-    for name, value in {"kinetic_energy": kinetic_energy, "jacobian_norm": jacobian_norm}.items():
-        if not (isinstance(value, (int, float)) and value >= 0):
-            raise ValueError(f"kind='cnf' option {name} must be >= 0, got {value!r}.")
-        if value > 0 and training != "mle":
-            raise ValueError(
-                f"kind='cnf' option {name} regularizes the ODE solved in training='mle'; "
-                "flow matching solves none (its straight paths need no such penalty). "
-                "Set training='mle' or remove the option."
-            )
-    if not (isinstance(sigma_min, (int, float)) and 0 <= sigma_min < 1):
-        raise ValueError(f"kind='cnf' option sigma_min must be in [0, 1), got {sigma_min!r}.")
-    return ContinuousFlow(
-        n_features,
-        n_blocks=n_layers,
-        hidden_units=hidden_units,
-        training=training,
-        solver=solver,
-        rtol=float(rtol),
-        atol=float(atol),
-        n_steps=n_steps,
-        adjoint=bool(adjoint),
-        trace=trace,
-        probe=probe,
-        n_probes=n_probes,
-        score_probes=score_probes,
-        exact_max_dim=exact_max_dim,
-        kinetic_energy=float(kinetic_energy),
-        jacobian_norm=float(jacobian_norm),
-        sigma_min=float(sigma_min),
-        augment_dims=augment_dims,
-        augment_samples=augment_samples,
-    )
+    """Continuous normalizing flow with ``n_layers`` vector-field blocks in
+    time; ``options`` are those of :class:`ContinuousFlow`."""
+    return ContinuousFlow(n_features, n_blocks=n_layers, hidden_units=hidden_units, **options)

@@ -1,0 +1,269 @@
+"""save()/load(): exact round trips, no code execution, clear errors on bad files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from sklearn.datasets import make_moons
+from sklearn.exceptions import NotFittedError
+
+from skflow import FlowDensity, _persistence
+
+FAST = dict(n_layers=2, hidden_units=16, max_iter=10, random_state=0)
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+X = make_moons(n_samples=300, noise=0.1, random_state=0)[0]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return FlowDensity(**FAST).fit(X)
+
+
+@pytest.fixture
+def saved(fitted, tmp_path):
+    path = tmp_path / "model.safetensors"
+    fitted.save(path)
+    return path
+
+
+def _fitted_attributes(est):
+    return {k: v for k, v in vars(est).items() if k.endswith("_") and k != "flow_"}
+
+
+def _assert_same_estimator(a, b):
+    assert a.get_params() == b.get_params()
+    attrs_a, attrs_b = _fitted_attributes(a), _fitted_attributes(b)
+    assert attrs_a.keys() == attrs_b.keys()
+    for name, value in attrs_a.items():
+        np.testing.assert_equal(attrs_b[name], value, err_msg=name)
+        assert type(attrs_b[name]) is type(value), name
+    np.testing.assert_array_equal(b.score_samples(X), a.score_samples(X))
+    np.testing.assert_array_equal(b.sample(20, random_state=1), a.sample(20, random_state=1))
+    np.testing.assert_array_equal(b.predict(X), a.predict(X))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(kind="maf"),
+        dict(kind="realnvp"),
+        dict(kind="maf", dtype="float64"),
+        dict(kind="realnvp", early_stopping=False, contamination=0.05),
+        dict(kind="maf", hidden_units=(8, 12), device="cpu"),
+    ],
+    ids=str,
+)
+def test_round_trip_is_exact(params, tmp_path):
+    est = FlowDensity(**{**FAST, **params}).fit(X)
+    est.save(tmp_path / "m.safetensors")
+    loaded = FlowDensity.load(tmp_path / "m.safetensors")
+    _assert_same_estimator(est, loaded)
+    assert next(loaded.flow_.parameters()).dtype == next(est.flow_.parameters()).dtype
+    assert not loaded.flow_.training
+
+
+def test_round_trip_keeps_feature_names(tmp_path):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(X, columns=["left", "right"])
+    est = FlowDensity(**FAST).fit(df)
+    loaded = FlowDensity.load(est.save(tmp_path / "m.safetensors") and tmp_path / "m.safetensors")
+    assert list(loaded.feature_names_in_) == ["left", "right"]
+    with pytest.raises(ValueError, match="feature names should match"):
+        loaded.score_samples(df.rename(columns={"left": "other"}))
+
+
+def test_new_fitted_attributes_are_saved_generically(fitted, tmp_path):
+    est = pickle.loads(pickle.dumps(fitted))
+    est.extra_ = {"counts": (1, 2), "names": ["a"], "weights": np.arange(3.0)}
+    est.save(tmp_path / "m.safetensors")
+    extra = FlowDensity.load(tmp_path / "m.safetensors").extra_
+    assert extra["counts"] == (1, 2) and extra["names"] == ["a"]
+    np.testing.assert_array_equal(extra["weights"], np.arange(3.0))
+
+
+def test_unsavable_values_fail_clearly(fitted, tmp_path):
+    est = pickle.loads(pickle.dumps(fitted))
+    est.callback_ = lambda: None
+    with pytest.raises(TypeError, match="callback_=.* cannot be stored"):
+        est.save(tmp_path / "m.safetensors")
+    est = pickle.loads(pickle.dumps(fitted)).set_params(random_state=np.random.RandomState(0))
+    with pytest.raises(TypeError, match="random_state=RandomState"):
+        est.save(tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_unfitted_estimator_cannot_be_saved(tmp_path):
+    with pytest.raises(NotFittedError):
+        FlowDensity().save(tmp_path / "m.safetensors")
+
+
+def test_load_runs_no_unpickler(saved, fitted, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("load must not unpickle")
+
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    np.testing.assert_array_equal(FlowDensity.load(saved).score_samples(X), fitted.score_samples(X))
+
+
+def _header(path):
+    """The file's JSON header, read with nothing but ``json`` (safetensors layout)."""
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + size])
+
+
+def test_file_is_plain_json_and_tensors_with_versions(saved):
+    meta = _header(saved)["__metadata__"]
+    header = json.loads(meta["skflow"])
+    assert header["class"] == "FlowDensity"
+    assert header["format_version"] == _persistence.FORMAT_VERSION
+    assert header["skflow_version"] and header["torch_version"] == torch.__version__
+    assert len(meta["sha256"]) == 64
+    assert header["fitted"]["n_features_in_"] == 2
+
+
+def _rewrite_header(path, edit):
+    """Edit the JSON header in place, keeping its length (so only the checksum can tell)."""
+    raw = bytearray(path.read_bytes())
+    (size,) = struct.unpack("<Q", raw[:8])
+    text = raw[8 : 8 + size].decode()
+    new = edit(text)
+    assert len(new) == len(text) and new != text
+    raw[8 : 8 + size] = new.encode()
+    path.write_bytes(bytes(raw))
+
+
+def test_tampered_weights_are_rejected(saved):
+    raw = bytearray(saved.read_bytes())
+    raw[-3] ^= 0xFF  # flip bits in the last tensor's data
+    saved.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="failed its SHA-256 integrity check"):
+        FlowDensity.load(saved)
+
+
+def test_tampered_header_is_rejected(saved):
+    # Change the decision threshold without touching any weight.
+    _rewrite_header(saved, lambda t: t.replace('\\"offset_\\": -', '\\"offset_\\":  '))
+    with pytest.raises(ValueError, match="failed its SHA-256 integrity check"):
+        FlowDensity.load(saved)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a model at all", pickle.dumps({"a": 1}), b"\x10\x00\x00\x00\x00\x00\x00\x00{"],
+    ids=["empty", "text", "pickle", "truncated header"],
+)
+def test_not_a_model_file(tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a skflow model file"):
+        FlowDensity.load(path)
+
+
+def test_truncated_file(saved):
+    saved.write_bytes(saved.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        FlowDensity.load(saved)
+
+
+def test_joblib_file_is_refused(fitted, tmp_path):
+    joblib.dump(fitted, tmp_path / "m.joblib")
+    with pytest.raises(ValueError, match="is not a skflow model file"):
+        FlowDensity.load(tmp_path / "m.joblib")
+
+
+def test_foreign_safetensors_file(tmp_path):
+    save_file({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not one written by skflow's save"):
+        FlowDensity.load(tmp_path / "other.safetensors")
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        FlowDensity.load(tmp_path / "nope.safetensors")
+
+
+def test_file_from_a_newer_format_asks_to_upgrade(fitted, tmp_path, monkeypatch):
+    monkeypatch.setattr(_persistence, "FORMAT_VERSION", _persistence.FORMAT_VERSION + 1)
+    fitted.save(tmp_path / "m.safetensors")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="in file format 2; .* Upgrade skflow"):
+        FlowDensity.load(tmp_path / "m.safetensors")
+
+
+def _resave(path, edit_header=None, edit_tensors=None):
+    """Rewrite a saved file through the writer (valid checksum), after edits."""
+    header, tensors = _persistence.read(path, reader_version="test")
+    header.pop("format_version")
+    if edit_header:
+        edit_header(header)
+    if edit_tensors:
+        edit_tensors(tensors)
+    _persistence.write(path, header, tensors)
+
+
+@pytest.mark.parametrize(
+    "edit_header, edit_tensors, match",
+    [
+        (lambda h: h["params"].update(n_layers=3), None, "missing tensors: .* and 8 more"),
+        (lambda h: h["params"].update(hidden_units=7), None, r"\(16, 2\) instead of \(7, 2\)"),
+        (lambda h: h["params"].update(kind="glow2"), None, "'kind' parameter"),
+        (lambda h: h["params"].update(future_option=1), None, "future_option"),
+        (lambda h: h["fitted"].pop("n_features_in_"), None, "it lacks 'n_features_in_'"),
+        (None, lambda t: t.pop("base._anchor"), "missing tensors: base._anchor"),
+        (None, lambda t: t.update(extra=torch.ones(1)), "unexpected tensors: extra"),
+    ],
+    ids=["layers", "width", "kind", "new param", "no n_features", "lost", "extra"],
+)
+def test_incompatible_contents_fail_clearly(saved, edit_header, edit_tensors, match):
+    _resave(saved, edit_header, edit_tensors)
+    with pytest.raises(ValueError, match=f"does not match the estimator .*{match}"):
+        FlowDensity.load(saved)
+
+
+def test_wrong_class_is_refused(saved):
+    _resave(saved, lambda h: h.update({"class": "OtherEstimator"}))
+    with pytest.raises(ValueError, match="holds a 'OtherEstimator', not a FlowDensity"):
+        FlowDensity.load(saved)
+
+
+def test_save_replaces_an_existing_file_atomically(fitted, saved, tmp_path):
+    saved.write_bytes(b"an older model")
+    fitted.save(saved)  # replaces it
+    np.testing.assert_array_equal(FlowDensity.load(saved).offset_, fitted.offset_)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp left
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_file_from_a_gpu_machine_loads_on_cpu(fitted, tmp_path):
+    est = pickle.loads(pickle.dumps(fitted))
+    est.device_ = torch.device("cuda", 0)  # as if fitted on a GPU
+    est.save(tmp_path / "m.safetensors")
+    with pytest.warns(UserWarning, match="cuda:0, which is not available here"):
+        loaded = FlowDensity.load(tmp_path / "m.safetensors")
+    assert loaded.device_ == torch.device("cpu")
+    np.testing.assert_array_equal(loaded.score_samples(X), fitted.score_samples(X))
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        FlowDensity.load(tmp_path / "m.safetensors", device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_fit_loads_on_cpu_with_same_scores(tmp_path):
+    est = FlowDensity(device="cuda", **FAST).fit(X)
+    est.save(tmp_path / "m.safetensors")
+    loaded = FlowDensity.load(tmp_path / "m.safetensors", device="cpu")
+    assert loaded.device_.type == "cpu" and est.device_.type == "cuda"
+    np.testing.assert_allclose(loaded.score_samples(X), est.score_samples(X), rtol=1e-5, atol=1e-5)
+    unpickled = pickle.loads(pickle.dumps(est))
+    np.testing.assert_allclose(unpickled.score_samples(X), est.score_samples(X), rtol=1e-5)
