@@ -174,9 +174,10 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     dequantization_ : ndarray of shape (n_features_in_,)
         Width of the uniform dequantization noise of each feature (0 for
         continuous features).
-    lattice_origin_ : ndarray of shape (n_features_in_,)
-        Smallest training value of each feature: with ``dequantization_`` it
-        defines the lattice that :meth:`sample` rounds discrete features to.
+    lattice_range_ : ndarray of shape (2, n_features_in_)
+        Smallest and largest training value of each feature: with
+        ``dequantization_`` they define the lattice that :meth:`sample`
+        rounds discrete features to.
     offset_ : float
         Threshold on :meth:`score_samples`; ``decision_function`` is
         ``score_samples(X) - offset_``.
@@ -405,7 +406,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         )
         self.n_iter_ = result.n_iter
         self.dequantization_ = widths
-        self.lattice_origin_ = X_train.min(axis=0)
+        self.lattice_range_ = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
         self.offset_ = self._compute_offset(X, val_idx)
         # ODE-based kinds count their vector-field evaluations (fit and the
         # scoring just done).
@@ -556,8 +557,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         width = self.dequantization_
         if not np.any(width > 0):
             return samples
+        low, high = self.lattice_range_
         safe = np.where(width > 0, width, 1.0)
-        snapped = self.lattice_origin_ + safe * np.round((samples - self.lattice_origin_) / safe)
+        snapped = np.clip(low + safe * np.round((samples - low) / safe), low, high)
         return np.where(width > 0, snapped, samples)
 
     def sample(self, n_samples=1, random_state=None, as_frame=False):
@@ -577,8 +579,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         -------
         X : ndarray or DataFrame of shape (n_samples, n_features_in_)
             Samples in the units of the training data. Dequantized
-            (discrete) features are rounded back onto their lattice, so
-            integer codes come back as integers.
+            (discrete) features are rounded back onto their lattice and
+            clipped to their training range, so integer codes come back as
+            integers.
 
         Examples
         --------

@@ -37,10 +37,12 @@ def test_density_follows_units(kind, gaussian_5d):
     """Fitting X*1000 gives the same model, so log p shifts by exactly -5 log 1000."""
     X_train, X_test, _ = gaussian_5d
     X_train, X_test = X_train[:1000], X_test[:200]
-    params = dict(kind=kind, max_iter=20, random_state=0, dtype="float64")
+    params = dict(kind=kind, max_iter=5, random_state=0, dtype="float64")
     base = FlowDensity(**params).fit(X_train).score_samples(X_test)
     scaled = FlowDensity(**params).fit(X_train * 1000).score_samples(X_test * 1000)
-    np.testing.assert_allclose(scaled, base - 5 * np.log(1000), atol=1e-3)
+    # Training in float64 follows the same path up to rounding, amplified a
+    # little over the epochs; a wrong Jacobian term would be off by O(1).
+    np.testing.assert_allclose(scaled, base - 5 * np.log(1000), rtol=1e-5, atol=1e-4)
 
 
 def test_samples_match_gaussian_statistics(gaussian_5d):
