@@ -15,11 +15,13 @@ from sklearn.datasets import make_moons
 from sklearn.exceptions import NotFittedError
 
 from skflow import FlowDensity, _persistence
+from skflow.engine import KINDS
 
 FAST = dict(n_layers=2, hidden_units=16, max_iter=10, random_state=0)
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 X = make_moons(n_samples=300, noise=0.1, random_state=0)[0]
+X = np.c_[X, X[:, :1] ** 2]  # 3 features: every kind has a non-trivial structure
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +54,8 @@ def _assert_same_estimator(a, b):
 
 @pytest.mark.parametrize(
     "params",
-    [
-        dict(kind="maf"),
-        dict(kind="realnvp"),
+    [dict(kind=kind) for kind in sorted(KINDS)]
+    + [
         dict(kind="maf", dtype="float64"),
         dict(kind="realnvp", early_stopping=False, contamination=0.05),
         dict(kind="maf", hidden_units=(8, 12), device="cpu"),
@@ -72,10 +73,10 @@ def test_round_trip_is_exact(params, tmp_path):
 
 def test_round_trip_keeps_feature_names(tmp_path):
     pd = pytest.importorskip("pandas")
-    df = pd.DataFrame(X, columns=["left", "right"])
+    df = pd.DataFrame(X, columns=["left", "right", "square"])
     est = FlowDensity(**FAST).fit(df)
     loaded = FlowDensity.load(est.save(tmp_path / "m.safetensors") and tmp_path / "m.safetensors")
-    assert list(loaded.feature_names_in_) == ["left", "right"]
+    assert list(loaded.feature_names_in_) == ["left", "right", "square"]
     with pytest.raises(ValueError, match="feature names should match"):
         loaded.score_samples(df.rename(columns={"left": "other"}))
 
@@ -130,7 +131,7 @@ def test_file_is_plain_json_and_tensors_with_versions(saved):
     assert header["format_version"] == _persistence.FORMAT_VERSION
     assert header["skflow_version"] and header["torch_version"] == torch.__version__
     assert len(meta["sha256"]) == 64
-    assert header["fitted"]["n_features_in_"] == 2
+    assert header["fitted"]["n_features_in_"] == 3
 
 
 def _rewrite_header(path, edit):
@@ -217,7 +218,7 @@ def _resave(path, edit_header=None, edit_tensors=None):
     "edit_header, edit_tensors, match",
     [
         (lambda h: h["params"].update(n_layers=3), None, "missing tensors: .* and 8 more"),
-        (lambda h: h["params"].update(hidden_units=7), None, r"\(16, 2\) instead of \(7, 2\)"),
+        (lambda h: h["params"].update(hidden_units=7), None, r"\(16, 3\) instead of \(7, 3\)"),
         (lambda h: h["params"].update(kind="glow2"), None, "'kind' parameter"),
         (lambda h: h["params"].update(future_option=1), None, "future_option"),
         (lambda h: h["fitted"].pop("n_features_in_"), None, "it lacks 'n_features_in_'"),
