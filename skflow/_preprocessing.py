@@ -7,6 +7,7 @@ reported density stays exact in the user's units.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.covariance import ledoit_wolf_shrinkage
 
 # A column is treated as discrete when its values sit on a lattice (every gap
 # between sorted distinct values a multiple of the smallest one) and repeat:
@@ -14,7 +15,9 @@ import numpy as np
 MAX_DISTINCT_FRACTION = 0.5
 # Low-cardinality columns are discrete even off a lattice ({0, 1, 2.5}).
 MAX_LEVELS = 20
-_LATTICE_RTOL = 1e-4
+# Gaps may miss a multiple of the step by this fraction of the step: tables
+# are often stored rounded to a few significant digits.
+_LATTICE_TOL = 0.02
 
 
 def lattice_width(column: np.ndarray) -> float:
@@ -31,7 +34,7 @@ def lattice_width(column: np.ndarray) -> float:
     if values.size > column.size * MAX_DISTINCT_FRACTION:
         return 0.0
     ratio = gaps / step
-    on_lattice = np.all(np.abs(ratio - np.round(ratio)) <= _LATTICE_RTOL * np.maximum(ratio, 1))
+    on_lattice = np.all(np.abs(ratio - np.round(ratio)) <= _LATTICE_TOL)
     return float(step) if on_lattice else 0.0
 
 
@@ -53,10 +56,27 @@ def dequantization_widths(X: np.ndarray, dequantize) -> np.ndarray:
     return widths
 
 
-def standardization(X: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Location and scale of the dequantized data (uniform noise of width w adds
-    variance w^2 / 12), so standardized features have unit variance."""
+def standardization(
+    X: np.ndarray, widths: np.ndarray, whiten: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Location and lower-triangular scale ``L`` of the dequantized data
+    (uniform noise of width w adds variance w^2 / 12).
+
+    Without ``whiten``, ``L`` is diagonal (per-feature standard deviations).
+    With it, ``L L^T`` is a Ledoit-Wolf-shrunk covariance: the flow then starts
+    as the best single Gaussian and its layers only have to learn what is not
+    Gaussian, which matters most on small tables.
+    """
     loc = X.mean(axis=0)
-    scale = np.sqrt(X.var(axis=0) + widths**2 / 12.0)
+    var = X.var(axis=0) + widths**2 / 12.0
     # A constant continuous column (only with dequantize=False) has no spread.
-    return loc, np.where(scale > 0, scale, 1.0)
+    std = np.sqrt(np.where(var > 0, var, 1.0))
+    if not whiten or X.shape[1] == 1:
+        return loc, np.diag(std)
+    Z = (X - loc) / std
+    alpha = ledoit_wolf_shrinkage(Z, assume_centered=True)
+    corr = Z.T @ Z / len(Z) + np.diag(widths**2 / 12.0 / std**2)
+    corr = (1 - alpha) * corr + alpha * np.eye(len(corr)) * np.trace(corr) / len(corr)
+    # Shrinkage keeps corr positive definite; the jitter guards exact collinearity.
+    chol = np.linalg.cholesky(corr + 1e-6 * np.eye(len(corr)))
+    return loc, std[:, None] * chol

@@ -44,6 +44,9 @@ def _batch_norm_with_running_stats(d: int) -> BatchNormFlow:
 
 LAYERS = {
     "affine": lambda d: Affine(torch.randn(d), torch.rand(d) + 0.5),
+    "affine_whitening": lambda d: Affine(
+        torch.randn(d), torch.tril(torch.randn(d, d)) * 0.3 + torch.diag(torch.rand(d) + 0.5)
+    ),
     "permutation": lambda d: Permutation(torch.randperm(d)),
     "masked_autoregressive": lambda d: MaskedAutoregressive(d, AffineTransformer(), HIDDEN),
     "coupling": lambda d: Coupling(torch.arange(d) % 2 == 0, AffineTransformer(), HIDDEN),

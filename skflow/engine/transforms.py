@@ -69,33 +69,45 @@ class Inverse(Transform):
 
 
 class Affine(Transform):
-    """Fixed elementwise affine map ``z = (x - loc) / scale`` (standardization).
+    """Fixed affine map ``z = L^{-1} (x - loc)`` with ``L`` lower triangular
+    with a positive diagonal: standardization when ``L`` is diagonal,
+    whitening when ``L`` is a Cholesky factor of a covariance.
 
-    ``loc`` and ``scale`` are buffers, not parameters: they are set from the
-    data once and are part of the density, so scores stay in the user's units.
+    ``loc`` and ``L`` are buffers, not parameters: they are set from the data
+    once and are part of the density (log|det| = -sum log diag L), so scores
+    stay in the user's units. ``scale`` may be a vector (the diagonal of L).
     """
 
     def __init__(self, loc: Tensor, scale: Tensor) -> None:
         super().__init__()
-        self.register_buffer("loc", torch.empty_like(loc))
-        self.register_buffer("log_scale", torch.empty_like(scale))
+        d = loc.shape[-1]
+        self.register_buffer("loc", torch.zeros(d))
+        self.register_buffer("tril", torch.eye(d))
+        self.register_buffer("inv_tril", torch.eye(d))
+        self.register_buffer("log_det", torch.zeros(()))
         self.reset(loc, scale)
 
     @torch.no_grad()
     def reset(self, loc: Tensor, scale: Tensor) -> None:
-        """Set ``loc`` and ``scale`` (e.g. from data, once the layer exists)."""
-        if not bool((scale > 0).all()):
-            raise ValueError("Affine scale must be strictly positive.")
+        """Set ``loc`` and ``L`` (e.g. from data, once the layer exists)."""
+        tril = torch.diag_embed(scale) if scale.dim() == 1 else torch.tril(scale)
+        diag = torch.diagonal(tril)
+        if not bool((diag > 0).all()) or not bool(torch.isfinite(tril).all()):
+            raise ValueError("Affine scale must be finite with a strictly positive diagonal.")
+        tril64 = tril.double()
+        eye = torch.eye(tril.shape[0], dtype=torch.float64)
         self.loc.copy_(loc)
-        self.log_scale.copy_(scale.log())
+        self.tril.copy_(tril64)
+        self.inv_tril.copy_(torch.linalg.solve_triangular(tril64, eye, upper=False))
+        self.log_det.copy_(diag.double().log().sum())
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = (x - self.loc) * torch.exp(-self.log_scale)
-        return z, (-self.log_scale.sum()).expand(x.shape[0])
+        z = (x - self.loc) @ self.inv_tril.T
+        return z, (-self.log_det).expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        x = z * torch.exp(self.log_scale) + self.loc
-        return x, self.log_scale.sum().expand(z.shape[0])
+        x = z @ self.tril.T + self.loc
+        return x, self.log_det.expand(z.shape[0])
 
 
 class Permutation(Transform):
