@@ -29,6 +29,10 @@ Scoring (eval mode) uses the exact trace -- ``D`` vector-Jacobian products
 batched into one backward pass -- up to ``exact_max_dim`` dimensions, and
 above that Hutchinson's estimate with ``score_probes`` probes drawn from a
 generator seeded when the flow is built, so repeated scores are identical.
+An adaptive solver picks one step sequence for the whole batch, so a row's
+score can move within the tolerance with the rows scored beside it; the
+fixed-step solvers make scores batch-invariant.
+
 ``n_layers`` CNF blocks split the time interval into equal slices, each with
 its own vector-field MLP of widths ``hidden_units`` (FFJORD's stacked
 blocks); one block is often enough, and every block adds one ODE solve.
@@ -293,9 +297,9 @@ class ContinuousFlow(Transform):
             self._nfe_train += nfe
             self._n_train_solves += 1
         self._nfe_last = nfe
-        # Integrating data -> latent runs time backwards, so the integrals of
-        # the divergence and regularizers accumulate with a minus sign.
-        # (The divergence integral is already the log-det in either direction.)
+        # The divergence integral is the log-det in either direction (from
+        # data to latent, time runs backwards); the regularizer integrals
+        # pick up a minus sign that way.
         reg = x.new_zeros(x.shape[0])
         if regularize:
             sign = 1.0 if to_data else -1.0
@@ -327,7 +331,8 @@ class ContinuousFlow(Transform):
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         if self.augment_dims:
             # Latent augmented coordinates are standard normal, drawn from
-            # torch's RNG (Flow.sample seeds it from its generator).
+            # torch's RNG (Flow.sample seeds it from its generator); the
+            # log-det returned is the joint one.
             z = torch.cat([z, torch.randn(z.shape[0], self.augment_dims).to(z)], dim=-1)
         x, ladj, _ = self._solve(z, to_data=True)
         return x[:, : self.n_features], ladj
