@@ -13,9 +13,18 @@ conditioner network. Two variants share the spline:
 
 A spline is far more flexible per layer than an affine map (multimodal
 marginals in one step), at roughly ``3 * n_bins`` conditioner outputs per
-coordinate instead of 2. Data are standardized before the flow, so the
-default ``tail_bound=3`` covers the bulk of every feature; values beyond it
-pass through the linear tails unchanged.
+coordinate instead of 2. The autoregressive variant is the default: on the
+shared UCI/ADBench tables it reached a higher held-out log-likelihood than
+the coupling variant, which trains about twice as fast.
+
+Tails: data are standardized before the flow and the splines act on
+``[-tail_bound, tail_bound]`` only; beyond it every layer is the identity,
+so the probability of a coordinate exceeding ``tail_bound`` is pinned to
+the base Gaussian's. The default ``tail_bound=3`` (the paper's choice for
+tabular data) gave the best held-out log-likelihood on the shared tables;
+for heavy-tailed columns (amounts, waiting times: a few percent of rows
+beyond 3 standard deviations) ``tail_bound=5`` reproduces the tail and the
+variance of samples much better, at a coarser resolution per bin.
 """
 
 from __future__ import annotations
