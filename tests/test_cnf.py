@@ -225,16 +225,25 @@ def _held_out_ll(training, X_train, X_test, **params):
     return est.score(X_test)
 
 
+# Flow matching's loss plateaus within its own noise long before its
+# likelihood does: it gets more patience (and more, cheaper epochs).
+SLOW_FIT = {
+    "flow_matching": {"max_iter": 600, "n_iter_no_change": 100, "learning_rate": 3e-3},
+    "mle": {"max_iter": 60, "learning_rate": 3e-3},
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("training", ["flow_matching", "mle"])
 def test_moons_fitted_well(training):
     X_train, X_test = _moons(2000, 0), _moons(1000, 1)
-    gmm = GaussianMixture(16, random_state=0).fit(X_train).score(X_test)
-    params = {"n_layers": 1, "hidden_units": (64, 64), "learning_rate": 3e-3}
-    params["max_iter"] = 300 if training == "flow_matching" else 60
-    ll = _held_out_ll(training, X_train, X_test, **params)
-    # A 16-component mixture is a strong baseline on moons (about -1.1 nats).
-    assert ll > gmm - 0.1, (ll, gmm)
+    ll = _held_out_ll(
+        training, X_train, X_test, n_layers=1, hidden_units=(64, 64), **SLOW_FIT[training]
+    )
+    # The sharp two-moons density: a single Gaussian scores about -1.9 nats
+    # and a 4-component mixture -1.06; a fitted flow does clearly better.
+    gmm4 = GaussianMixture(4, random_state=0).fit(X_train).score(X_test)
+    assert ll > gmm4 + 0.2, (ll, gmm4)
 
 
 @pytest.mark.slow
@@ -246,7 +255,7 @@ def test_gaussian_5d_fitted_well(training):
     X = rng.normal(size=(3000, 5)) @ L.T + mean
     X_train, X_test = X[:2000], X[2000:]
     truth = multivariate_normal(mean, L @ L.T).logpdf(X_test).mean()
-    params = {"n_layers": 1, "hidden_units": (32, 32)}
-    params["max_iter"] = 200 if training == "flow_matching" else 40
-    ll = _held_out_ll(training, X_train, X_test, **params)
+    ll = _held_out_ll(
+        training, X_train, X_test, n_layers=1, hidden_units=(32, 32), **SLOW_FIT[training]
+    )
     assert abs(ll - truth) < 0.1, (ll, truth)
