@@ -100,10 +100,7 @@ def read_table(path: str, header: bool | None):
 
 
 def _write_table(frame, out: str | None) -> None:
-    if out is None:
-        frame.to_csv(sys.stdout, index=False)
-    else:
-        frame.to_csv(out, index=False)
+    frame.to_csv(sys.stdout if out is None else out, index=False)
 
 
 # ----------------------------------------------------------------- commands
@@ -175,7 +172,7 @@ def _fit(args: argparse.Namespace) -> None:
     summary = f"fitted kind={args.kind!r} on {rows} rows x {cols} columns in {est.n_iter_} epochs"
     summary += f" ({seconds:.1f} s)"
     if est.best_validation_score_ is not None:
-        summary += f", validation log-likelihood {est.best_validation_score_:.3f} per row"
+        summary += f", best validation score {est.best_validation_score_:.3f}"
     print(f"{args.prog}: {summary}; saved to {out}", file=sys.stderr)
 
 
