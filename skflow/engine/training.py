@@ -19,8 +19,10 @@ import torch
 from torch import Tensor
 
 from skflow.engine.distributions import Flow
+from skflow.engine.transforms import ActNorm
 
 EVAL_CHUNK = 65536
+ACTNORM_INIT_ROWS = 4096
 
 
 @dataclass
@@ -53,6 +55,19 @@ def validation_score(flow: Flow, X: Tensor, chunk: int = EVAL_CHUNK) -> float:
         total -= flow.training_loss(X[start : start + chunk]).sum()
     flow.train(was_training)
     return float(total) / X.shape[0]
+
+
+@torch.no_grad()
+def _initialize_actnorm(flow: Flow, X: Tensor, generator: torch.Generator | None) -> None:
+    """ActNorm initializes from the first batch it sees in training mode. One
+    minibatch makes a noisy start (about ``D / rows`` nats per layer, which
+    training must first undo), so hand it a random sample of up to
+    ``ACTNORM_INIT_ROWS`` rows instead."""
+    if not any(isinstance(m, ActNorm) and not m.initialized for m in flow.modules()):
+        return
+    rows = torch.randperm(X.shape[0], generator=generator)[:ACTNORM_INIT_ROWS]
+    flow.train()
+    flow.transform(X[rows.to(X.device)])
 
 
 def _params_finite(flow: Flow) -> bool:
@@ -110,6 +125,7 @@ def train_flow(
             return x
 
 
+    _initialize_actnorm(flow, dequantize(X_train), generator)
     best_score = validation_score(flow, X_val) if X_val is not None else -math.inf
     if not math.isfinite(best_score) and X_val is not None:
         best_score = -math.inf
