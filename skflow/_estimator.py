@@ -20,11 +20,11 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skflow import _persistence
+from skflow._preprocessing import dequantization_widths, standardization
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.training import EVAL_CHUNK
-from skflow._preprocessing import dequantization_widths, standardization
 from skflow.engine.transforms import Affine, Compose
 from skflow.exceptions import InvertibilityWarning
 
@@ -391,8 +391,10 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                     f"kind_options={self.kind_options!r} are not valid for kind={self.kind!r}: "
                     f"{exc}"
                 ) from None
-        widths = self._fit_preprocessing(flow, X_train)
+        # Cast first: fitted buffers set in float32 and cast to float64 would
+        # keep only float32 accuracy (the standardization would not invert).
         flow = flow.to(device=device, dtype=dtype)
+        widths = self._fit_preprocessing(flow, X_train)
 
         def as_tensor(a):
             return torch.tensor(a, dtype=dtype).to(device)
@@ -500,17 +502,23 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     # -------------------------------------------------------------- scoring
     def _log_density(self, X: np.ndarray) -> np.ndarray:
         """Log-density of already validated rows (no feature-name checks)."""
-        out = np.empty(X.shape[0], dtype=np.float64)
+        # Inputs are finite and so are the fitted weights, so a non-finite
+        # value can only come from overflow at points so far out that the
+        # density underflows: its limit there is log(0) = -inf. That covers
+        # NaN from inf - inf inside the flow, and rows beyond the range of
+        # float32 (1e300), which are not passed to the flow at all (an ODE
+        # solver would fail on them).
+        out = np.full(X.shape[0], -np.inf)
         with torch.inference_mode():
             for start in range(0, X.shape[0], EVAL_CHUNK):
                 # Convert chunk by chunk so memory stays bounded on huge inputs;
                 # torch.tensor copies, so read-only (memmapped) input is fine.
                 chunk = torch.tensor(X[start : start + EVAL_CHUNK], dtype=_DTYPES[self.dtype])
-                logp = self.flow_.log_prob(chunk.to(self.device_))
-                out[start : start + EVAL_CHUNK] = logp.double().cpu().numpy()
-        # Inputs are finite and the fitted weights are, so NaN can only come
-        # from overflow (inf - inf) at points so far out that the density
-        # underflows: its limit there is log(0) = -inf.
+                finite = torch.isfinite(chunk).all(dim=1)
+                if bool(finite.any()):
+                    logp = self.flow_.log_prob(chunk[finite].to(self.device_))
+                    # A view of out: the masked assignment writes through.
+                    out[start : start + EVAL_CHUNK][finite.numpy()] = logp.double().cpu().numpy()
         out[np.isnan(out)] = -np.inf
         return out
 
