@@ -314,6 +314,19 @@ class ContinuousFlow(Transform):
 
     # ----------------------------------------------------------- transform
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # Adaptive steps shrink like 1/|x|, so beyond 1/eps (8e6 standard
+        # deviations in float32, 4e15 in float64) they underflow and one such
+        # row would fail its whole batch: those rows skip the solve and get
+        # log-density -inf (their true value is below -0.5/eps^2 anyway).
+        far = ~(x.abs().amax(-1) < 1 / torch.finfo(x.dtype).eps)
+        if not bool(far.any()):
+            return self._forward(x)
+        z, ladj = x.clone(), torch.full_like(x[:, 0], -math.inf)
+        if not bool(far.all()):
+            z[~far], ladj[~far] = self._forward(x[~far])
+        return z, ladj
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self.augment_dims:
             z, ladj, _ = self._solve(x, to_data=False)
             return z, ladj
