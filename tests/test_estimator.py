@@ -118,12 +118,24 @@ def test_pipeline_clone_and_cross_val(moons):
     assert est.get_params()["kind"] == "realnvp" and not hasattr(est, "flow_")
 
 
+def _torch_threads(estimator, X, y=None):
+    return float(torch.get_num_threads())
+
+
 def test_grid_search_parallel_over_kinds(moons):
     grid = GridSearchCV(
-        FlowDensity(**FAST), {"kind": ["maf", "realnvp"], "n_layers": [1, 2]}, cv=2, n_jobs=2
+        FlowDensity(**FAST),
+        {"kind": ["maf", "realnvp"], "n_layers": [1, 2]},
+        cv=2,
+        n_jobs=2,
+        scoring={"loglik": lambda est, X, y=None: est.score(X), "threads": _torch_threads},
+        refit="loglik",
     ).fit(moons)
     assert grid.best_params_["kind"] in {"maf", "realnvp"}
-    assert np.isfinite(grid.cv_results_["mean_test_score"]).all()
+    assert np.isfinite(grid.cv_results_["mean_test_loglik"]).all()
+    # joblib's loky workers start with OMP_NUM_THREADS = cpus // n_jobs, which
+    # torch follows: parallel fits do not oversubscribe the cores.
+    assert (grid.cv_results_["mean_test_threads"] == max(1, joblib.cpu_count() // 2)).all()
 
 
 def test_pandas_feature_names(moons):

@@ -3,7 +3,8 @@
 Table-driven: each bad input either raises the named exception with a message
 that says what is wrong, or is handled and gives finite, correct numbers.
 Also: divergence recovery, the invertibility check, float64 mode,
-determinism across fits and processes, and torch threads in parallel search.
+and determinism across fits and processes. (Torch threads in parallel grid
+search: ``test_estimator.py::test_grid_search_parallel_over_kinds``.)
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ import subprocess
 import sys
 import warnings
 
-import joblib
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 from sklearn.datasets import make_moons
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import GridSearchCV
 
 from skflow import FlowDensity
 from skflow.engine import KINDS
@@ -323,23 +322,3 @@ def test_bitwise_reproducible_across_fits_and_processes():
         timeout=300,
     )
     assert json.loads(out.stdout) == first
-
-
-# ------------------------------------------------------------------------- load
-def _torch_threads(estimator, X_, y=None):
-    return float(torch.get_num_threads())
-
-
-def test_parallel_grid_search_limits_torch_threads_per_worker():
-    # joblib's loky workers start with OMP_NUM_THREADS = cpus // n_jobs, which
-    # torch reads at start-up: workers do not oversubscribe the machine.
-    grid = GridSearchCV(
-        FlowDensity(**{**FAST, "max_iter": 3}),
-        {"kind": ["maf", "realnvp"]},
-        cv=2,
-        n_jobs=2,
-        scoring=_torch_threads,
-    ).fit(X)
-    threads = grid.cv_results_["mean_test_score"]
-    assert len(threads) == 2
-    assert (threads == max(1, joblib.cpu_count() // 2)).all()
