@@ -291,8 +291,8 @@ class ContinuousFlow(Transform):
             else:
                 ys = odeint(block, state, span, options=options, **kwargs)
             state = tuple(y[-1] for y in ys)
+            # (The probes stay set: an adjoint backward pass reuses them.)
             nfe += block.nfe
-            block.probes = None
         if self.training:
             self._nfe_train += nfe
             self._n_train_solves += 1
