@@ -20,12 +20,17 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skflow import _persistence
-from skflow._preprocessing import dequantization_widths, standardization
+from skflow._preprocessing import (
+    N_KNOTS,
+    dequantization_widths,
+    gaussianizing_knots,
+    standardization,
+)
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.training import EVAL_CHUNK
-from skflow.engine.transforms import Affine, Compose
+from skflow.engine.transforms import Affine, Compose, PiecewiseLinear
 from skflow.exceptions import InvertibilityWarning
 
 # Under contamination="auto", the offset is this quantile of the scores of
@@ -33,6 +38,9 @@ from skflow.exceptions import InvertibilityWarning
 AUTO_TAIL = 0.01
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Training columns must stay within [1/_SQUARE_SAFE, _SQUARE_SAFE] in size so
+# that their float64 squares (variances) neither overflow nor underflow.
+_SQUARE_SAFE = 1e150
 
 # The invertibility check after fit round-trips at most this many training
 # rows (inverses can be costly: D passes for autoregressive flows, an ODE
@@ -81,14 +89,25 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         (volume-preserving) coupling, the simplest and slowest to learn.
         ``kind_options={"batch_norm": True}`` adds batch normalization
         after each layer of ``"maf"``, ``"realnvp"`` and ``"nice"``.
+        ``"nsf"``: rational-quadratic neural spline flow, the most flexible
+        per layer; ``kind_options`` ``"variant"`` (``"autoregressive"``,
+        default, or ``"coupling"``: fast sampling, faster training),
+        ``"n_bins"`` (8) and ``"tail_bound"`` (3.0; 5.0 for heavy tails).
+        ``"iaf"``: inverse autoregressive flow, fast sampling but density
+        (and so training) takes one pass per feature. ``"planar"``: planar
+        flow (rank-one layers, no network, ``hidden_units`` ignored); weak
+        on tabular data, needs tens of ``n_layers``.
     n_layers : int, default=5
         Number of flow layers (transforms) stacked; for ``"cnf"``, the number
         of vector-field networks, each owning an equal slice of the ODE's time
         (one ODE solve each: 1 or 2 is usually enough); for image ``"glow"``,
         the number of steps per scale.
-    hidden_units : int or tuple of int, default=(128, 128)
+    hidden_units : "auto", int or tuple of int, default="auto"
         Hidden layer widths of each layer's conditioner network. An int ``h``
-        means ``(h, h)``.
+        means ``(h, h)``. ``"auto"`` sizes the network to the data, so small
+        tables don't overfit: ``(32, 32)`` below 1,000 rows, ``(64, 64)``
+        below 20,000, ``(128, 128)`` above (measured on the shared
+        benchmark tables; see ``benchmarks/density.py``).
     max_iter : int, default=500
         Maximum number of epochs (passes over the training data).
     batch_size : int or "auto", default="auto"
@@ -131,8 +150,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         levels) would let a continuous density grow without bound on their
         values. They are dequantized: uniform noise as wide as the gap
         between neighbouring values is added to them at every training step.
-        ``"auto"`` detects such features (values on a lattice that repeat,
-        at most 20 distinct levels, or a constant); ``False`` turns this off;
+        ``"auto"`` detects such features (at most half the rows hold a
+        distinct value; the noise width is then the smallest gap between
+        values, the data's resolution); ``False`` turns this off;
         an array gives each feature's noise width (0 = continuous). The
         fitted widths are in ``dequantization_``. :meth:`score_samples` then
         reports the log-density of the dequantized variable ``X + U`` at
@@ -145,6 +165,14 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         learn only what is not Gaussian. Robust on small, correlated tables.
         With False, the fixed first layer only standardizes each feature.
         Either way the layer's log-determinant is part of the density.
+    gaussianize : bool, default=True
+        Start the flow with a fixed monotone piecewise-linear map of each
+        feature from its smoothed empirical quantiles to normal quantiles
+        (about ``2 n^(1/3)`` equal-frequency bins, linear tails). Skewed,
+        multimodal and spiky features (a point mass at zero, say) then reach
+        the learned layers already near-normal; with ``whiten`` the model
+        starts as a Gaussian copula. The map's log-determinant is part of the
+        density, which stays exact in the units of ``X``.
     kind_options : dict or None, default=None
         Extra keyword options for the chosen ``kind``'s constructor.
     random_state : int, RandomState instance or None, default=None
@@ -181,6 +209,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         Best validation score (the restored weights').
     n_iter_ : int
         Number of epochs run.
+    hidden_units_ : tuple of int
+        The conditioner widths used (``hidden_units`` resolved).
     nfe_ : dict
         Only for ``"cnf"``: vector-field evaluations. ``"fit_total"`` in
         training solves (0 under flow matching, which solves no ODE),
@@ -226,7 +256,12 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "kind": [StrOptions(set(KINDS))],
         "n_layers": [Interval(Integral, 1, None, closed="left")],
-        "hidden_units": [Interval(Integral, 1, None, closed="left"), tuple, list],
+        "hidden_units": [
+            StrOptions({"auto"}),
+            Interval(Integral, 1, None, closed="left"),
+            tuple,
+            list,
+        ],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -241,6 +276,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         "max_time": [None, Interval(Real, 0, None, closed="neither")],
         "dequantize": [StrOptions({"auto"}), Options(bool, {False}), "array-like"],
         "whiten": ["boolean"],
+        "gaussianize": ["boolean"],
         "kind_options": [None, dict],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -251,7 +287,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         kind="maf",
         *,
         n_layers=5,
-        hidden_units=(128, 128),
+        hidden_units="auto",
         max_iter=500,
         batch_size="auto",
         learning_rate=1e-3,
@@ -266,6 +302,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         max_time=None,
         dequantize="auto",
         whiten=True,
+        gaussianize=True,
         kind_options=None,
         random_state=None,
         verbose=0,
@@ -287,43 +324,62 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         self.max_time = max_time
         self.dequantize = dequantize
         self.whiten = whiten
+        self.gaussianize = gaussianize
         self.kind_options = kind_options
         self.random_state = random_state
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
-    def _hidden_units(self) -> tuple[int, ...]:
+    def _hidden_units(self, n_train: int) -> tuple[int, ...]:
         units = self.hidden_units
+        if isinstance(units, str):  # "auto": small tables get small networks
+            width = 32 if n_train < 1000 else 64 if n_train < 20000 else 128
+            return (width, width)
         if isinstance(units, Integral):
             return (int(units), int(units))
         if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in units):
             raise ValueError(
-                f"hidden_units must be a positive int or a tuple of positive ints, got {units!r}."
+                f"hidden_units must be 'auto', a positive int or a tuple of positive ints, "
+                f"got {units!r}."
             )
         return tuple(int(h) for h in units)
 
-    def _build_flow(self, n_features: int) -> Flow:
-        """The flow's structure, which depends only on the parameters and the
-        number of features; everything fitted lives in its ``state_dict``
-        (weights and buffers), so a saved state restores it exactly."""
-        preprocess = Affine(torch.zeros(n_features), torch.ones(n_features))
+    def _build_flow(self, n_features: int, hidden_units: tuple[int, ...]) -> Flow:
+        """The flow's structure, which depends only on the parameters, the
+        number of features and the (resolved) hidden units; everything fitted
+        lives in its ``state_dict`` (weights and buffers), so a saved state
+        restores it exactly."""
+        # Fixed layers, fitted to the data in _fit_preprocessing.
+        preprocess = [Affine(torch.zeros(n_features), torch.ones(n_features))]
+        if self.gaussianize:
+            grid = torch.linspace(-1, 1, N_KNOTS).expand(n_features, N_KNOTS)
+            preprocess.insert(0, PiecewiseLinear(grid, grid))
         body = build_transform(
             self.kind,
             n_features,
             n_layers=self.n_layers,
-            hidden_units=self._hidden_units(),
+            hidden_units=hidden_units,
             **(self.kind_options or {}),
         )
-        return Flow(Compose(preprocess, body), StandardNormal(n_features))
+        return Flow(Compose(*preprocess, body), StandardNormal(n_features))
 
     def _fit_preprocessing(self, flow: Flow, X: np.ndarray) -> np.ndarray:
-        """Set the dequantization widths (returned) and the fixed
-        standardization layer (the first transform) from the training rows."""
+        """Set the dequantization widths (returned) and the fixed layers in
+        front of the flow's body from the training rows."""
         widths = dequantization_widths(X, self.dequantize)
-        loc, scale = standardization(X, widths, self.whiten)
         flow.dequantization.copy_(torch.as_tensor(widths))
-        flow.transform.transforms[0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
-        return widths
+        layers = flow.transform.transforms
+        if self.gaussianize:
+            x_knots, z_knots = gaussianizing_knots(X, widths)
+            layers[0].reset(torch.as_tensor(x_knots), torch.as_tensor(z_knots))
+            # Whiten what the marginal layer outputs, noise included.
+            jitter = np.random.RandomState(0).uniform(-0.5, 0.5, size=X.shape) * widths
+            with torch.no_grad():
+                X = layers[0](torch.as_tensor(X + jitter, dtype=layers[0].x_knots.dtype))[0]
+            X, widths = X.double().cpu().numpy(), np.zeros_like(widths)
+        loc, scale = standardization(X, widths, self.whiten)
+        layers[1 if self.gaussianize else 0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
+        return flow.dequantization.double().cpu().numpy()
 
     def _validate_X(self, X, **kwargs) -> np.ndarray:
         """``validate_data`` to float64, with an error naming non-numeric columns."""
@@ -340,6 +396,37 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 "Encode categorical columns first (e.g. OneHotEncoder or OrdinalEncoder in "
                 "a ColumnTransformer) or drop them."
             ) from None
+
+    def _check_representable(self, X: np.ndarray) -> None:
+        """Refuse training columns whose numbers the arithmetic cannot hold,
+        rather than fit a density to overflow or rounding noise."""
+        magnitude = np.abs(X).max(axis=0)
+        with np.errstate(over="ignore"):
+            spread = X.max(axis=0) - X.min(axis=0)
+        varies = spread > 0
+        # Variances are computed in float64, where squares of numbers beyond
+        # ~1e154 overflow and below ~1e-154 underflow; float32 inputs must
+        # also survive the cast (no overflow, no flush to zero) and centering.
+        upper = min(_SQUARE_SAFE, float(np.finfo(self.dtype).max) / 4)
+        eps = float(np.finfo(self.dtype).eps)
+        problems = {
+            f"values beyond {upper:.3g} in absolute value": ~(magnitude <= upper)
+            | ~np.isfinite(spread),
+            f"a spread below {1 / upper:.3g}": varies & (spread < 1 / upper),
+            # Stored in dtype, x = offset + small variation keeps only
+            # eps * offset of resolution: the variation is rounded away.
+            f"a spread below {1000 * eps:.1g} times their magnitude (lost to "
+            f"{self.dtype} rounding)": varies & (spread < 1000 * eps * magnitude),
+        }
+        found = [(what, np.flatnonzero(bad).tolist()) for what, bad in problems.items()]
+        found = [(what, cols) for what, cols in found if cols]
+        if found:
+            details = "; ".join(f"column(s) {cols} have {what}" for what, cols in found)
+            hint = " or dtype='float64'" if self.dtype == "float32" else ""
+            raise ValueError(
+                f"X cannot be represented accurately in {self.dtype}: {details}. Rescale or "
+                f"center these columns (e.g. with StandardScaler in a Pipeline){hint}."
+            )
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -367,7 +454,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         (13, True)
         """
         X = self._validate_X(X, ensure_min_samples=2)
-        self._hidden_units()  # fail fast, before any torch work
+        self._check_representable(X)
+        hidden_units = self._hidden_units(len(X))  # fail fast, before any torch work
         device = resolve_device(self.device)
         dtype = _DTYPES[self.dtype]
         rng = check_random_state(self.random_state)
@@ -385,7 +473,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             try:
-                flow = self._build_flow(X.shape[1])
+                flow = self._build_flow(X.shape[1], hidden_units)
             except TypeError as exc:
                 raise TypeError(
                     f"kind_options={self.kind_options!r} are not valid for kind={self.kind!r}: "
@@ -434,6 +522,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             max(result.validation_scores, default=None) if self.early_stopping else None
         )
         self.n_iter_ = result.n_iter
+        self.hidden_units_ = hidden_units
         self.dequantization_ = widths
         self.lattice_range_ = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
         self.offset_ = self._compute_offset(X, val_idx)
@@ -820,7 +909,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             est = cls(**{k: _persistence.decode(v) for k, v in header["params"].items()})
             est._validate_params()
             fitted = {k: _persistence.decode(v) for k, v in header["fitted"].items()}
-            flow = est._build_flow(fitted["n_features_in_"])
+            flow = est._build_flow(fitted["n_features_in_"], tuple(fitted["hidden_units_"]))
             _persistence.check_tensors(flow.state_dict(), tensors)
             # assign=True keeps the file's dtype (float32 or float64).
             flow.load_state_dict(tensors, strict=True, assign=True)
