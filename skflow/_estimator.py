@@ -141,7 +141,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         Requesting a device this machine lacks raises ``ValueError``.
     dtype : {"float32", "float64"}, default="float32"
         Floating point precision of the flow; ``"float64"`` is slower but
-        exact to more digits.
+        exact to more digits. ``fit`` refuses columns that the precision
+        cannot hold (float32: values beyond ~1e37, or a variation below 1e-4
+        of the column's magnitude, such as Unix timestamps; float64: sizes
+        beyond 1e150 or below 1e-150) with a ``ValueError``, rather than fit
+        rounding noise.
     max_time : float or None, default=None
         Training time budget in seconds; training stops (keeping the best
         weights) once it is spent. None means no limit.

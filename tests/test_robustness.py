@@ -64,14 +64,24 @@ BAD_FIT_INPUT = {
     "strings": (lambda: X.astype(str).astype(object) + "x", ValueError, "numeric features only"),
     "text column": (_frame_with_text, ValueError, r"non-numeric columns: \['b'\]"),
     "complex": (lambda: X.astype(complex), ValueError, "Complex data not supported"),
+    # Numbers the arithmetic cannot hold: refused, not fitted to rounding noise.
+    "column of 1e40": (lambda: X * [1e40, 1], ValueError, r"\[0\] have values beyond 8.5"),
+    "column of 1e-100": (lambda: X * [1, 1e-100], ValueError, r"\[1\] have a spread below"),
+    "offset 1e9": (lambda: X + [0, 1e9], ValueError, "lost to float32 rounding.*'float64'"),
+    "column of 1e200": (
+        lambda: X * [1e200, 1],
+        ValueError,
+        r"float64: column\(s\) \[0\] have values beyond 1e\+150",
+    ),
 }
+FIT_PARAMS = {"column of 1e200": dict(dtype="float64")}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FIT_INPUT))
 def test_bad_fit_input_raises_clearly(case):
     make, exc, match = BAD_FIT_INPUT[case]
     with pytest.raises(exc, match=match):
-        FlowDensity(**FAST).fit(make())
+        FlowDensity(**FAST, **FIT_PARAMS.get(case, {})).fit(make())
 
 
 BAD_QUERY_INPUT = {
@@ -146,6 +156,23 @@ def test_column_scaled_by_1e12_shifts_log_density_by_log_1e12():
 
 
 FAR = [1e10, -1e10, 1e30, 1e37, 1e300, -1e300]
+
+
+def test_float64_fits_what_float32_cannot_hold():
+    # An offset of 1e9 leaves float32 no digits for the variation; float64
+    # keeps them, and densities do not depend on where the data sit.
+    params = {**FAST, "dtype": "float64"}
+    shifted = X + [0, 1e9]
+    est = FlowDensity(**params).fit(shifted)
+    np.testing.assert_allclose(
+        est.score_samples(shifted), FlowDensity(**params).fit(X).score_samples(X), atol=1e-4
+    )
+    tiny = FlowDensity(**params).fit(X * [1e-100, 1])
+    np.testing.assert_allclose(
+        tiny.score_samples(X[:5] * [1e-100, 1]),
+        est.score_samples(shifted[:5]) + np.log(1e100),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
