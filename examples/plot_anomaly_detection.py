@@ -12,6 +12,7 @@ comparison. The measurements are positive and skewed, so a ``log1p``
 transform goes in front of each model in a pipeline.
 """
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -83,4 +84,4 @@ ax_hist.set_ylabel("rows")
 ax_hist.set_title("Flow log-density of held-out rows")
 ax_hist.legend()
 fig.tight_layout()
-fig.savefig(Path(__file__).with_suffix(".png"), dpi=90)
+fig.savefig(Path(sys.argv[0]).with_suffix(".png"), dpi=90)  # also under sphinx-gallery

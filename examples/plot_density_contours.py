@@ -12,6 +12,7 @@ a few seconds of training each), so the picture compares how much shape each
 family captures quickly, not how well it can do with a full budget.
 """
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -74,4 +75,4 @@ for ax in axes.ravel():
     ax.set_xticks([])
     ax.set_yticks([])
 fig.tight_layout()
-fig.savefig(Path(__file__).with_suffix(".png"), dpi=90)
+fig.savefig(Path(sys.argv[0]).with_suffix(".png"), dpi=90)  # also under sphinx-gallery

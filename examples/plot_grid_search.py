@@ -16,6 +16,7 @@ over local cores, and joblib's dask backend spreads it over a cluster (see
 the "Scaling out" section of the user guide).
 """
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -74,4 +75,4 @@ cv_table.auto_set_font_size(False)
 cv_table.set_fontsize(10)
 cv_table.scale(1, 1.5)
 fig.tight_layout()
-fig.savefig(Path(__file__).with_suffix(".png"), dpi=90)
+fig.savefig(Path(sys.argv[0]).with_suffix(".png"), dpi=90)  # also under sphinx-gallery

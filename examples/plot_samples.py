@@ -9,6 +9,7 @@ plots below it (data in grey, samples in orange), and a Gaussian mixture's
 samples for reference in the upper triangle.
 """
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -77,4 +78,4 @@ fig.suptitle(
     "GaussianMixture(3) samples (blue, upper right)"
 )
 fig.tight_layout()
-fig.savefig(Path(__file__).with_suffix(".png"), dpi=80)
+fig.savefig(Path(sys.argv[0]).with_suffix(".png"), dpi=80)  # also under sphinx-gallery
