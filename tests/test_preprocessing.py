@@ -21,9 +21,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
         (np.full(40, 7.0), 1.0),  # constant
         (np.random.RandomState(0).randn(500), 0.0),  # continuous
         (np.round(np.random.RandomState(0).randn(500) * 1000), 0.0),  # lattice, no repeats
+        (np.r_[np.zeros(400), np.random.RandomState(0).gamma(2.0, size=200)], None),  # spike
     ],
 )
 def test_lattice_width(column, expected):
+    if expected is None:  # a point mass in a continuous column: the finest gap
+        expected = np.diff(np.unique(column)).min()
     assert lattice_width(column) == pytest.approx(expected, rel=1e-6)
 
 

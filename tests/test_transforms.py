@@ -27,6 +27,7 @@ from skflow.engine.transforms import (
     LULinear,
     MaskedAutoregressive,
     Permutation,
+    PiecewiseLinear,
     Split,
 )
 
@@ -44,6 +45,9 @@ def _batch_norm_with_running_stats(d: int) -> BatchNormFlow:
 
 LAYERS = {
     "affine": lambda d: Affine(torch.randn(d), torch.rand(d) + 0.5),
+    "piecewise_linear": lambda d: PiecewiseLinear(
+        torch.cumsum(torch.rand(d, 12) + 0.1, -1) - 3, torch.cumsum(torch.rand(d, 12) + 0.1, -1) - 3
+    ),
     "affine_whitening": lambda d: Affine(
         torch.randn(d), torch.tril(torch.randn(d, d)) * 0.3 + torch.diag(torch.rand(d) + 0.5)
     ),
