@@ -13,6 +13,8 @@ from skflow.engine.nn import MADE
 from skflow.engine.splines import RationalQuadraticSplineTransformer
 
 BOUND = 3.0
+# The fits here stop at a small max_iter on purpose (speed); their checks hold anyway.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
 def _randomize(module: torch.nn.Module, scale: float) -> None:
