@@ -363,13 +363,14 @@ class LULinear(Transform):
     ``log|det W| = sum(log_diag)`` costs ``O(D)`` and the inverse is two
     triangular solves. On flattened ``(C, H, W)`` images ``W`` mixes the
     channels at every position: Glow's invertible 1x1 convolution, with
-    ``log|det| = H * W * sum(log_diag)``. Starts at a random rotation.
+    ``log|det| = H * W * sum(log_diag)``. Starts at a random rotation, as
+    in Glow, or with ``rotation=False`` at the identity.
     """
 
-    def __init__(self, n_channels: int) -> None:
+    def __init__(self, n_channels: int, rotation: bool = True) -> None:
         super().__init__()
-        q = torch.linalg.qr(torch.randn(n_channels, n_channels)).Q
-        perm, lower, upper = torch.linalg.lu(q)
+        start = torch.randn(n_channels, n_channels) if rotation else torch.eye(n_channels)
+        perm, lower, upper = torch.linalg.lu(torch.linalg.qr(start).Q)
         diag = upper.diagonal()
         self.register_buffer("perm", perm)
         self.register_buffer("sign", diag.sign())
