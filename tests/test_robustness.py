@@ -349,3 +349,17 @@ def test_bitwise_reproducible_across_fits_and_processes():
         timeout=300,
     )
     assert json.loads(out.stdout) == first
+
+
+# ------------------------------------------------------------------------- load
+def test_scoring_and_sampling_in_chunks_match_one_pass(fitted, monkeypatch):
+    # Chunks bound the memory of huge inputs (benchmarks/memory.py measures
+    # it); they must not change the numbers.
+    import skflow._estimator
+    import skflow.engine.distributions
+
+    scores, samples = fitted.score_samples(X), fitted.sample(50, random_state=0)
+    monkeypatch.setattr(skflow._estimator, "EVAL_CHUNK", 7)
+    monkeypatch.setattr(skflow.engine.distributions, "SAMPLE_CHUNK", 7)
+    np.testing.assert_allclose(fitted.score_samples(X), scores, rtol=1e-6)
+    np.testing.assert_allclose(fitted.sample(50, random_state=0), samples, rtol=1e-5, atol=1e-6)

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from skflow.engine.transforms import Compose, Transform
 
 _LOG_2PI = math.log(2 * math.pi)
+# Rows per inverse pass when sampling: bounds the memory of large draws.
+SAMPLE_CHUNK = 65536
 
 
 class StandardNormal(nn.Module):
@@ -77,14 +79,21 @@ class Flow(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         z = self.base.sample(n, generator)
         if generator is None:
-            return self.transform.inverse(z)[0]
+            return self._invert(z)
         # Layers that draw noise of their own while sampling (augmented
         # continuous flows) take it from torch's CPU RNG, seeded from
         # ``generator`` so samples stay reproducible.
         seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            return self._invert(z)
+
+    def _invert(self, z: Tensor) -> Tensor:
+        if z.shape[0] <= SAMPLE_CHUNK:
             return self.transform.inverse(z)[0]
+        # The latent draws are made at once (the same numbers for any n), the
+        # inverse pass in chunks so its activations stay bounded.
+        return torch.cat([self.transform.inverse(part)[0] for part in z.split(SAMPLE_CHUNK)], dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.log_prob(x)
