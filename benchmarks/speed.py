@@ -1,0 +1,431 @@
+"""Speed of skflow against zuko, nflows and normflows, and against a plain torch loop.
+
+Protocol: one synthetic table of 50,000 x 10 (a rotated mixture of skewed
+blobs, standardized), one torch thread for every contender (``--threads``).
+Every flow has the same architecture: 5 layers, conditioner hidden (64, 64),
+ReLU; maf = affine MADE layers with the order reversed between them, realnvp
+= affine couplings with alternating halves, nsf = autoregressive
+rational-quadratic splines with 8 bins on [-3, 3]. Every training run does
+the same number of Adam steps on minibatches of 256 rows, after a warm-up of
+``WARMUP`` steps; rounds are interleaved (each round times every contender
+once) and the median round is reported, because the machine is shared.
+
+- skflow fit: ``FlowDensity(kind, n_layers=5, hidden_units=(64, 64),
+  batch_size=256, max_iter=EPOCHS).fit(X)`` with its defaults otherwise
+  (10 % validation split scored every epoch, early-stopping bookkeeping,
+  gradient clipping, standardization, the post-fit invertibility check and
+  the offset for ``predict``); ``EPOCHS`` epochs of 45,000 rows = 350 steps.
+- torch loop (the limit): the same skflow flow object driven by the
+  shortest loop that trains it (index a minibatch, ``-log_prob().mean()``,
+  ``zero_grad``, ``backward``, Adam ``step``), for the same number of steps.
+  "engine overhead" = fit time / loop time - 1.
+- zuko / nflows / normflows: that same loop around each peer's flow.
+- scoring: ``score_samples`` on 100,000 rows against zuko's
+  ``flow().log_prob`` under ``torch.no_grad`` on the same rows.
+- MAF sampling: MADE forward calls per layer counted with hooks during
+  ``sample``; the target is at most D + 1.
+- default fit: ``FlowDensity()`` with all defaults on the 50,000 x 10 table,
+  against ``GaussianMixture`` tuned by ``GridSearchCV`` (n_components 1..10,
+  3 folds, full covariances), both on ``--fit-threads`` threads (2 by default).
+
+Run:  python -m benchmarks.speed [--rounds 3] [--threads 1] [--skip-default-fit]
+Prints a markdown table and writes benchmarks/results/speed.json (about
+5 minutes on two shared cores; peers that are not installed are skipped:
+``pip install skflow[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from benchmarks._common import markdown_table, write_json
+from skflow import FlowDensity
+from skflow.engine.nn import MADE
+
+N_ROWS, N_FEATURES = 50_000, 10
+N_LAYERS, HIDDEN, BATCH = 5, (64, 64), 256
+EPOCHS = 2
+WARMUP = 20
+SCORE_ROWS = 100_000
+KINDS = ("maf", "realnvp", "nsf")
+
+
+def make_data(n: int = N_ROWS, d: int = N_FEATURES, seed: int = 0) -> np.ndarray:
+    """A rotated mixture of skewed blobs, standardized (float64)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(5, d))
+    labels = rng.integers(5, size=n)
+    X = centers[labels] + rng.standard_normal((n, d))
+    X[:, : d // 2] = np.exp(0.3 * X[:, : d // 2])  # skewed columns
+    X = X @ np.linalg.qr(rng.standard_normal((d, d)))[0]
+    return (X - X.mean(0)) / X.std(0)
+
+
+# ---------------------------------------------------------------- contenders
+# Each builder returns (module, per-row negative log-likelihood function).
+LossFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def skflow_flow(kind: str, d: int) -> tuple[torch.nn.Module, LossFn]:
+    est = FlowDensity(kind=kind, n_layers=N_LAYERS, hidden_units=HIDDEN)
+    flow = est._build_flow(d, HIDDEN)
+    return flow, lambda x: -flow.log_prob(x)
+
+
+def zuko_flow(kind: str, d: int) -> tuple[torch.nn.Module, LossFn] | None:
+    import zuko
+
+    make = {
+        "maf": lambda: zuko.flows.MAF(d, transforms=N_LAYERS, hidden_features=HIDDEN),
+        "realnvp": lambda: zuko.flows.RealNVP(d, transforms=N_LAYERS, hidden_features=HIDDEN),
+        "nsf": lambda: zuko.flows.NSF(d, bins=8, transforms=N_LAYERS, hidden_features=HIDDEN),
+    }
+    flow = make[kind]()
+    return flow, lambda x: -flow().log_prob(x)
+
+
+class _NoContext(torch.nn.Module):
+    """nflows couplings call their net with a context argument its MLP lacks."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, context=None) -> torch.Tensor:
+        return self.net(x)
+
+
+def nflows_flow(kind: str, d: int) -> tuple[torch.nn.Module, LossFn] | None:
+    from nflows import distributions, flows, transforms
+    from nflows.nn.nets import MLP
+
+    layers = []
+    for i in range(N_LAYERS):
+        if kind == "realnvp":
+            mask = (torch.arange(d) + i) % 2 * 2 - 1  # > 0: transformed
+
+            def net(n_in, n_out):
+                return _NoContext(MLP([n_in], [n_out], hidden_sizes=list(HIDDEN)))
+
+            layers.append(transforms.AffineCouplingTransform(mask, net))
+            continue
+        if i > 0:
+            layers.append(transforms.ReversePermutation(d))
+        # num_blocks=1 without residual blocks: two hidden layers of 64.
+        common = dict(hidden_features=HIDDEN[0], num_blocks=1, use_residual_blocks=False)
+        if kind == "maf":
+            layers.append(transforms.MaskedAffineAutoregressiveTransform(d, **common))
+        else:
+            layers.append(
+                transforms.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                    d, num_bins=8, tails="linear", tail_bound=3.0, **common
+                )
+            )
+    flow = flows.Flow(transforms.CompositeTransform(layers), distributions.StandardNormal([d]))
+    return flow, lambda x: -flow.log_prob(x)
+
+
+def normflows_flow(kind: str, d: int) -> tuple[torch.nn.Module, LossFn] | None:
+    import normflows as nf
+
+    layers = []
+    for i in range(N_LAYERS):
+        if i > 0:
+            layers.append(nf.flows.Permute(d, mode="swap"))
+        if kind == "maf":
+            layers.append(
+                nf.flows.MaskedAffineAutoregressive(
+                    d, HIDDEN[0], num_blocks=1, use_residual_blocks=False
+                )
+            )
+        elif kind == "realnvp":
+            net = nf.nets.MLP([d // 2, *HIDDEN, 2 * (d - d // 2)], init_zeros=True)
+            layers.append(nf.flows.AffineCouplingBlock(net))
+        else:
+            layers.append(nf.flows.AutoregressiveRationalQuadraticSpline(d, 1, HIDDEN[0]))
+    flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(d, trainable=False), layers)
+    return flow, lambda x: -flow.log_prob(x)
+
+
+PEERS = {"zuko": zuko_flow, "nflows": nflows_flow, "normflows": normflows_flow}
+
+
+def available_peers() -> dict:
+    out = {}
+    for name, build in PEERS.items():
+        try:
+            __import__(name)
+        except ImportError:
+            print(f"{name} not installed: skipped (pip install skflow[bench])")
+            continue
+        out[name] = build
+    return out
+
+
+# ---------------------------------------------------------------- timing
+def torch_loop(module: torch.nn.Module, loss_fn: LossFn, X: torch.Tensor, n_steps: int) -> float:
+    """Seconds for ``n_steps`` Adam steps of the plainest training loop."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    perm = torch.randint(X.shape[0], (n_steps + WARMUP, BATCH), generator=torch.Generator())
+    module.train()
+
+    def step(idx):
+        loss = loss_fn(X[idx]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(WARMUP):
+        step(perm[i])
+    start = time.perf_counter()
+    for i in range(WARMUP, WARMUP + n_steps):
+        step(perm[i])
+    return time.perf_counter() - start
+
+
+def skflow_fit(kind: str, X: np.ndarray) -> tuple[float, int]:
+    """Seconds of ``FlowDensity.fit`` (EPOCHS epochs) and the steps it took."""
+    est = FlowDensity(
+        kind=kind,
+        n_layers=N_LAYERS,
+        hidden_units=HIDDEN,
+        batch_size=BATCH,
+        max_iter=EPOCHS,
+        n_iter_no_change=EPOCHS + 1,
+        random_state=0,
+    )
+    FlowDensity(**{**est.get_params(), "max_iter": 1}).fit(X[: WARMUP * BATCH])  # warm-up
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter reached on purpose
+        start = time.perf_counter()
+        est.fit(X)
+        seconds = time.perf_counter() - start
+    n_train = X.shape[0] - int(round(est.validation_fraction * X.shape[0]))
+    return seconds, est.n_iter_ * (n_train // BATCH)
+
+
+def time_training(X: np.ndarray, rounds: int, peers: dict) -> dict:
+    Xt = torch.tensor(X, dtype=torch.float32)
+    times: dict[str, dict[str, list[float]]] = {k: {} for k in KINDS}
+    steps = {}
+    for r in range(rounds):
+        for kind in KINDS:
+            seconds, steps[kind] = skflow_fit(kind, X)
+            times[kind].setdefault("skflow fit", []).append(seconds)
+            contenders = {"torch loop": skflow_flow, **peers}
+            for name, build in contenders.items():
+                torch.manual_seed(r)
+                module, loss_fn = build(kind, X.shape[1])
+                t = torch_loop(module, loss_fn, Xt, steps[kind])
+                times[kind].setdefault(name, []).append(t)
+            print(
+                f"round {r + 1}/{rounds} {kind}: "
+                + ", ".join(f"{n} {v[-1]:.2f}s" for n, v in times[kind].items())
+            )
+    return {
+        kind: {
+            name: {"steps_per_s": steps[kind] / statistics.median(v), "seconds": v}
+            for name, v in by_name.items()
+        }
+        for kind, by_name in times.items()
+    }
+
+
+def time_scoring(X: np.ndarray, rounds: int) -> dict:
+    rows = np.tile(X, (SCORE_ROWS // X.shape[0] + 1, 1))[:SCORE_ROWS]
+    est = FlowDensity(
+        kind="maf", n_layers=N_LAYERS, hidden_units=HIDDEN, max_iter=1, random_state=0
+    ).fit(X[:5000])
+    out = {"skflow score_samples": [], "zuko log_prob": []}
+    try:
+        import zuko
+    except ImportError:
+        zuko = None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        est.score_samples(rows)
+        out["skflow score_samples"].append(time.perf_counter() - start)
+        if zuko is not None:
+            flow = zuko.flows.MAF(X.shape[1], transforms=N_LAYERS, hidden_features=HIDDEN)
+            with torch.no_grad():
+                start = time.perf_counter()
+                flow().log_prob(torch.tensor(rows, dtype=torch.float32)).numpy()
+                out["zuko log_prob"].append(time.perf_counter() - start)
+    return {
+        k: {"rows_per_s": SCORE_ROWS / statistics.median(v), "seconds": v}
+        for k, v in out.items()
+        if v
+    }
+
+
+def count_sampling_passes(X: np.ndarray) -> dict:
+    est = FlowDensity(
+        kind="maf", n_layers=N_LAYERS, hidden_units=HIDDEN, max_iter=1, random_state=0
+    ).fit(X[:2000])
+    calls: list[int] = []
+    hooks = []
+    for module in est.flow_.modules():
+        if isinstance(module, MADE):
+            calls.append(0)
+            i = len(calls) - 1
+            hooks.append(
+                module.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+            )
+    est.sample(1000, random_state=0)
+    for h in hooks:
+        h.remove()
+    return {"n_features": X.shape[1], "made_calls_per_layer": calls}
+
+
+def time_default_fit(X: np.ndarray, threads: int) -> dict:
+    from sklearn.mixture import GaussianMixture
+    from sklearn.model_selection import GridSearchCV
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        start = time.perf_counter()
+        est = FlowDensity(random_state=0).fit(X)
+        flow_s = time.perf_counter() - start
+        start = time.perf_counter()
+        gmm = GridSearchCV(
+            GaussianMixture(random_state=0), {"n_components": list(range(1, 11))}, cv=3
+        ).fit(X)
+        gmm_s = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
+    return {
+        "threads": threads,
+        "flow_seconds": flow_s,
+        "flow_epochs": est.n_iter_,
+        "flow_kind": est.kind,
+        "gmm_cv_seconds": gmm_s,
+        "gmm_best_n_components": gmm.best_params_["n_components"],
+        "ratio": flow_s / gmm_s,
+    }
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def summarize(
+    training: dict, scoring: dict, sampling: dict, default_fit: dict | None
+) -> list[list]:
+    rows = []
+    targets = {"zuko": 1.3, "nflows": 2.0, "normflows": 2.0}
+    for kind, by_name in training.items():
+        fit = by_name["skflow fit"]["steps_per_s"]
+        loop = by_name["torch loop"]["steps_per_s"]
+        overhead = loop / fit - 1
+        rows.append(
+            [
+                f"{kind}: engine overhead (fit vs torch loop)",
+                f"{overhead:+.1%}",
+                "<= 10%",
+                _verdict(overhead <= 0.10),
+            ]
+        )
+        for peer, target in targets.items():
+            if peer in by_name:
+                ratio = fit / by_name[peer]["steps_per_s"]
+                rows.append(
+                    [
+                        f"{kind}: fit throughput / {peer}",
+                        f"{ratio:.2f}x",
+                        f">= {target}x",
+                        _verdict(ratio >= target),
+                    ]
+                )
+    if "zuko log_prob" in scoring:
+        ratio = (
+            scoring["skflow score_samples"]["rows_per_s"] / scoring["zuko log_prob"]["rows_per_s"]
+        )
+        rows.append(
+            [
+                "maf: score_samples / zuko log_prob (100k rows)",
+                f"{ratio:.2f}x",
+                ">= 1x",
+                _verdict(ratio >= 1),
+            ]
+        )
+    d = sampling["n_features"]
+    worst = max(sampling["made_calls_per_layer"])
+    rows.append(
+        [
+            "maf: MADE calls per layer in sample",
+            str(worst),
+            f"<= D+1 = {d + 1}",
+            _verdict(worst <= d + 1),
+        ]
+    )
+    if default_fit is not None:
+        rows.append(
+            [
+                f"default fit 50,000x10 ({default_fit['threads']} threads) / GMM CV",
+                f"{default_fit['flow_seconds']:.0f}s / {default_fit['gmm_cv_seconds']:.0f}s = "
+                f"{default_fit['ratio']:.1f}x",
+                "documented",
+                "reported",
+            ]
+        )
+    gpu = torch.cuda.is_available()
+    rows.append(
+        [
+            "GPU batch 4096 / 2-core CPU",
+            "not measured" if not gpu else "see tests",
+            ">= 20x",
+            "no GPU here" if not gpu else "run tests -m gpu",
+        ]
+    )
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fit-threads", type=int, default=2)
+    parser.add_argument("--skip-default-fit", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    X = make_data()
+    peers = available_peers()
+    training = time_training(X, args.rounds, peers)
+    scoring = time_scoring(X, args.rounds)
+    sampling = count_sampling_passes(X)
+    default_fit = None if args.skip_default_fit else time_default_fit(X, args.fit_threads)
+    rows = summarize(training, scoring, sampling, default_fit)
+    steps_rows = [
+        [kind, name, f"{v['steps_per_s']:.0f}"]
+        for kind, by_name in training.items()
+        for name, v in by_name.items()
+    ]
+    print(markdown_table(["kind", "contender", f"steps/s (batch {BATCH})"], steps_rows))
+    print()
+    print(markdown_table(["target", "measured", "goal", "status"], rows))
+    path = write_json(
+        "speed",
+        {
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "torch": torch.__version__,
+            "training": training,
+            "scoring": scoring,
+            "sampling": sampling,
+            "default_fit": default_fit,
+            "targets": rows,
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
