@@ -3,10 +3,13 @@ Samples vs data on a real table
 ===============================
 
 A density model is only as good as the data it generates. Fit a neural spline
-flow to four measurements of scikit-learn's bundled wine table and compare
+flow (default parameters) to four measurements of scikit-learn's bundled wine table and compare
 new samples with the real rows: histograms on the diagonal, pairwise scatter
 plots below it (data in grey, samples in orange), and a Gaussian mixture's
 samples for reference in the upper triangle.
+The held-out log-likelihoods printed first compare the two in numbers: on
+178 rows and four columns a two-component mixture is a strong baseline, and
+the two are close.
 """
 
 import sys
@@ -21,6 +24,7 @@ import torch
 from sklearn.datasets import load_wine
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import KFold, cross_val_score
 
 from skflow import FlowDensity
 
@@ -30,14 +34,15 @@ warnings.filterwarnings("ignore", category=ConvergenceWarning)  # short demo bud
 wine = load_wine(as_frame=True).data
 X = wine[["alcohol", "malic_acid", "flavanoids", "proline"]]
 
-flow = FlowDensity(
-    kind="nsf", n_layers=4, hidden_units=64, max_iter=200, weight_decay=1e-4, random_state=0
-).fit(X)
-samples = flow.sample(len(X) * 3, random_state=0, as_frame=True)  # same column names as X
-gmm = GaussianMixture(n_components=3, random_state=0).fit(X)
-gmm_samples = gmm.sample(len(X) * 3)[0]
-print(f"flow: {flow.n_iter_} epochs, mean log-likelihood of the rows {flow.score(X):.2f}")
-print(f"Gaussian mixture (3 components): {gmm.score(X):.2f}")
+flow = FlowDensity(kind="nsf", random_state=0)
+gmm = GaussianMixture(n_components=2, random_state=0)
+cv = KFold(n_splits=3, shuffle=True, random_state=0)
+for name, model in [("FlowDensity(kind='nsf')", flow), ("GaussianMixture(2)", gmm)]:
+    held_out = cross_val_score(model, X, cv=cv).mean()
+    print(f"{name:24s} held-out log-likelihood {held_out:.2f} per row (3-fold CV)")
+
+samples = flow.fit(X).sample(len(X) * 3, random_state=0, as_frame=True)  # X's column names
+gmm_samples = gmm.fit(X).sample(len(X) * 3)[0]
 
 names = list(X.columns)
 d = len(names)
@@ -75,7 +80,7 @@ for i in range(d):  # scatter plots share the x range of their column's histogra
 axes[0, 0].legend(fontsize=7, loc="upper left")
 fig.suptitle(
     "wine: data (grey), FlowDensity(kind='nsf') samples (orange, lower left),\n"
-    "GaussianMixture(3) samples (blue, upper right)"
+    "GaussianMixture(2) samples (blue, upper right)"
 )
 fig.tight_layout()
 fig.savefig(Path(sys.argv[0]).with_suffix(".png"), dpi=80)  # also under sphinx-gallery
