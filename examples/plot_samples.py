@@ -3,13 +3,13 @@ Samples vs data on a real table
 ===============================
 
 A density model is only as good as the data it generates. Fit a neural spline
-flow (default parameters) to four measurements of scikit-learn's bundled wine table and compare
-new samples with the real rows: histograms on the diagonal, pairwise scatter
-plots below it (data in grey, samples in orange), and a Gaussian mixture's
-samples for reference in the upper triangle.
-The held-out log-likelihoods printed first compare the two in numbers: on
-178 rows and four columns a two-component mixture is a strong baseline, and
-the two are close.
+flow (default parameters) to four measurements of scikit-learn's bundled wine
+table and compare new samples with the real rows: histograms on the diagonal,
+pairwise scatter plots below it (data in grey, samples in orange), and a
+Gaussian mixture's samples for reference in the upper triangle. The held-out
+log-likelihoods printed first compare the two in numbers: on 178 rows and
+four columns a two-component mixture is a strong baseline, and the two are
+close.
 """
 
 import sys
