@@ -59,6 +59,7 @@ def _assert_same_estimator(a, b):
         dict(kind="maf", dtype="float64"),
         dict(kind="realnvp", early_stopping=False, contamination=0.05),
         dict(kind="maf", hidden_units=(8, 12), device="cpu"),
+        dict(kind="realnvp", device=torch.device("cpu"), kind_options=None, max_time=60.0),
     ],
     ids=str,
 )

@@ -239,7 +239,7 @@ INVALID_PARAMS = [
     (dict(max_time=0), r"'max_time' parameter .* range \(0.0, inf\)"),
     (dict(random_state="seed"), r"'random_state' parameter"),
     (dict(kind_options=[1]), r"'kind_options' parameter .* None or an instance of 'dict'"),
-    (dict(hidden_units=(8, -1)), r"hidden_units must be a positive int or a tuple"),
+    (dict(hidden_units=(8, -1)), r"hidden_units must be .*a positive int or a tuple"),
     (dict(device="tpu"), r"device='tpu'"),
 ]
 
