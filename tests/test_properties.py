@@ -74,3 +74,41 @@ def test_logdet_matches_autograd_jacobian(name, x, seed, scale):
     x = torch.from_numpy(x[:2])
     _, ladj = t(x)
     torch.testing.assert_close(ladj, _jacobian_logdet(t, x), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------- the estimator, on any query
+QUERY_KINDS = ["maf", "realnvp", "nsf"]
+_fitted: dict[tuple[str, str], object] = {}
+
+
+def _fitted_estimator(kind: str, dtype: str):
+    # Fitted once per (kind, dtype) and reused across examples (not a fixture:
+    # hypothesis runs every example inside one test call).
+    if (kind, dtype) not in _fitted:
+        from sklearn.datasets import make_moons
+
+        from skflow import FlowDensity
+
+        X = make_moons(n_samples=200, noise=0.1, random_state=0)[0]
+        _fitted[kind, dtype] = FlowDensity(
+            kind=kind, dtype=dtype, n_layers=2, hidden_units=16, max_iter=10, random_state=0
+        ).fit(X)
+    return _fitted[kind, dtype]
+
+
+any_finite_rows = arrays(
+    np.float64,
+    st.tuples(st.integers(1, 6), st.just(2)),
+    elements=st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", QUERY_KINDS)
+@SETTINGS
+@given(x=any_finite_rows)
+def test_score_samples_is_never_nan_nor_positive_infinite(kind, dtype, x):
+    scores = _fitted_estimator(kind, dtype).score_samples(x)
+    assert scores.shape == (len(x),)
+    assert not np.isnan(scores).any() and not np.isposinf(scores).any()
