@@ -57,9 +57,6 @@ glow = FlowDensity(
     kind_options={"image_shape": (1, 8, 8), "n_levels": 2},
     n_layers=4,  # steps per level
     hidden_units=32,  # channels of the coupling networks
-    # Whitening mixes pixels (a triangular map over the raster order), which
-    # breaks the spatial locality the convolutions rely on: standardize only.
-    whiten=False,
     max_time=35,
     random_state=0,
 ).fit(X_train)

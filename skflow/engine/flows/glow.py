@@ -29,10 +29,7 @@ Two modes:
   half is factored out, going straight to the standard-normal base. The
   conditioners are :class:`~skflow.engine.nn.ConvNet` with
   ``hidden_units`` channels. ``H`` and ``W`` must be divisible by
-  ``2 ** n_levels``. Fit images with ``FlowDensity(whiten=False)``: the
-  whitening layer mixes pixels along the raster order, which breaks the
-  spatial locality the convolutions rely on (on 8x8 digits it costs about
-  0.1 bit/dim).
+  ``2 ** n_levels``.
 """
 
 from __future__ import annotations
