@@ -16,6 +16,7 @@ from sklearn.mixture import GaussianMixture
 
 from skflow import FlowDensity
 from skflow.engine import Flow, StandardNormal, build_transform
+from skflow.engine.flows import cnf as cnf_module
 from skflow.engine.ode import Dynamics, TimeMLP, draw_probes
 
 
@@ -122,6 +123,20 @@ def test_hutchinson_scoring_is_deterministic_and_close_to_exact():
     # "auto" switches to Hutchinson above exact_max_dim.
     auto = _random_field_cnf(3, exact_max_dim=2, score_probes=256)
     torch.testing.assert_close(auto(x)[1], first)
+
+
+def test_large_scoring_calls_are_solved_in_chunks(monkeypatch):
+    x = torch.randn(12, 3, dtype=torch.float64)
+    cnf = _random_field_cnf(3, solver="rk4", n_steps=8)
+    with torch.no_grad():
+        whole = cnf(x)
+        nfe_whole = cnf.nfe["last_solve"]
+        monkeypatch.setattr(cnf_module, "_SOLVE_ROWS", 5)
+        chunked = cnf(x)
+    # A fixed-step solve is row-independent, so chunks change nothing...
+    torch.testing.assert_close(chunked, whole, atol=1e-12, rtol=0)
+    # ...but cost three solves' evaluations.
+    assert cnf.nfe["last_solve"] == 3 * nfe_whole
 
 
 @pytest.mark.parametrize("trace", ["exact", "hutchinson"])

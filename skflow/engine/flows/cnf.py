@@ -72,6 +72,8 @@ PROBES = ("rademacher", "gaussian")
 # fixed by the flow's seed so epochs compare on the same draws.
 _FM_VALIDATION_DRAWS = 8
 _LOG_2PI = math.log(2 * math.pi)
+# Rows per ODE solve when nothing is differentiated (scoring, sampling).
+_SOLVE_ROWS = 4096
 
 
 def _std_normal_log_prob(z: Tensor) -> Tensor:
@@ -228,7 +230,8 @@ class ContinuousFlow(Transform):
         """Vector-field evaluations: ``fit_total`` in training-mode solves
         (0 for flow matching, which solves none; forward solves plus adjoint
         backward solves), ``fit_per_solve`` their mean, and ``last_solve``
-        for the most recent solve (e.g. the last scoring or sampling batch)."""
+        for the most recent forward or inverse call (summed over its chunks
+        of rows)."""
         return {
             "fit_total": self._nfe_train,
             "fit_per_solve": self._nfe_train / max(self._n_train_solves, 1),
@@ -271,6 +274,16 @@ class ContinuousFlow(Transform):
             with torch.inference_mode(False), torch.no_grad():
                 return self._solve(x.clone(), to_data)
         create_graph = torch.is_grad_enabled()
+        if not create_graph and x.shape[0] > _SOLVE_ROWS:
+            # The exact trace holds dim x rows x width activations per
+            # evaluation: bound the memory of large scoring calls.
+            parts, total_nfe = [], 0
+            for rows in x.split(_SOLVE_ROWS):
+                parts.append(self._solve(rows, to_data))
+                total_nfe += self._nfe_last
+            self._nfe_last = total_nfe
+            z, ladj, reg = (torch.cat(out) for out in zip(*parts, strict=True))
+            return z, ladj, reg
         probes = self._probes(x)
         regularize = self.regularize and self.training
         state: tuple[Tensor, ...] = (x, x.new_zeros(x.shape[0]))
