@@ -4,7 +4,8 @@ Where ``test_transforms.py`` checks each case at one fixed input and one set
 of weights, here hypothesis draws the weights (seed and scale) and the input
 rows (including large values and rows far apart in scale) and shrinks any
 failure to a minimal example. Every case in ``CASES`` is covered, so a layer
-or kind added there is checked here too.
+or kind added there is checked here too. Last, fitted estimators of every kind
+score arbitrary finite queries (any magnitude) without NaN.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from test_transforms import CASES, D, _jacobian_logdet
+
+from skflow.engine import KINDS
 
 SETTINGS = settings(
     max_examples=20,
@@ -77,7 +80,9 @@ def test_logdet_matches_autograd_jacobian(name, x, seed, scale):
 
 
 # ------------------------------------------------- the estimator, on any query
-QUERY_KINDS = ["maf", "realnvp", "nsf"]
+# Every kind but cnf, whose adaptive ODE solver fails on rows near 1e37
+# (xfailed in test_robustness.py::test_extreme_query_is_very_unlikely_never_nan).
+QUERY_KINDS = [kind for kind in sorted(KINDS) if kind != "cnf"]
 _fitted: dict[tuple[str, str], object] = {}
 
 
