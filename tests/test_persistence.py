@@ -10,6 +10,8 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 from sklearn.datasets import make_moons
 from sklearn.exceptions import NotFittedError
@@ -273,3 +275,42 @@ def test_gpu_fit_loads_on_cpu_with_same_scores(tmp_path):
     np.testing.assert_allclose(loaded.score_samples(X), est.score_samples(X), rtol=1e-5, atol=1e-5)
     unpickled = pickle.loads(pickle.dumps(est))
     np.testing.assert_allclose(unpickled.score_samples(X), est.score_samples(X), rtol=1e-5)
+
+
+_json_leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+_values = st.recursive(
+    _json_leaves
+    | st.builds(np.array, st.lists(st.floats(allow_nan=False), max_size=4))
+    | st.builds(np.array, st.lists(st.integers(-(2**40), 2**40), max_size=4))
+    | st.sampled_from([torch.device("cpu"), torch.device("cuda", 1)]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+def _same(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    elif isinstance(a, (list, tuple)):
+        for x, y in zip(a, b, strict=True):
+            _same(x, y)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _same(a[k], b[k])
+    else:
+        assert a == b
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(value=_values)
+def test_any_json_able_attribute_round_trips_with_its_type(value):
+    # What save() writes for a fitted attribute, through real JSON text.
+    text = json.dumps(_persistence.encode(value, "attr_"))
+    _same(_persistence.decode(json.loads(text)), value)
