@@ -84,10 +84,11 @@ _MAX_POOLED = 400_000
 _LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
 
 
-def _quantile_map(col: np.ndarray, n: int, shrink: float) -> tuple[np.ndarray, np.ndarray]:
+def _quantile_knots(col: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Knots of the map of one feature (``col``: its pooled values from ``n``
-    rows) from smoothed quantiles to normal quantiles, blended with plain
-    standardization with weight ``shrink`` (1 = standardization only)."""
+    rows) from smoothed quantiles to normal quantiles: ``x`` knots, their
+    normal quantiles, and their plain standardization (the two ``z`` knot
+    sets that :func:`_quantile_map` blends)."""
     n_bins = int(np.clip(round(2 * n ** (1 / 3)), 4, N_KNOTS - 3))
     p_lo, p_hi = 0.5 / n, 1 - 0.5 / n
     p_coarse = np.linspace(p_lo, p_hi, n_bins + 1)
@@ -108,13 +109,26 @@ def _quantile_map(col: np.ndarray, n: int, shrink: float) -> tuple[np.ndarray, n
     reach = 10 * spread
     x_knots = np.concatenate([[x_fine[0] - reach], x_fine, [x_fine[-1] + reach]])
     z_knots = np.concatenate([[z_fine[0] - reach * lo], z_fine, [z_fine[-1] + reach * hi]])
-    linear = (x_knots - col.mean()) / spread
+    return x_knots, z_knots, (x_knots - col.mean()) / spread
+
+
+def _quantile_map(col: np.ndarray, n: int, shrink: float) -> tuple[np.ndarray, np.ndarray]:
+    """Knots of the quantile map of one feature blended with plain
+    standardization with weight ``shrink`` (1 = standardization only)."""
+    x_knots, z_knots, linear = _quantile_knots(col, n)
     return x_knots, (1 - shrink) * z_knots + shrink * linear
 
 
-def _log_marginal(x: np.ndarray, x_knots: np.ndarray, z_knots: np.ndarray) -> np.ndarray:
-    """Log-density of ``x`` under "map through the knots, then standard normal"."""
-    idx = np.clip(np.searchsorted(x_knots, x), 1, len(x_knots) - 1)
+def _segments(x: np.ndarray, x_knots: np.ndarray) -> np.ndarray:
+    """Index of the knot ending the segment each ``x`` falls in."""
+    return np.clip(np.searchsorted(x_knots, x), 1, len(x_knots) - 1)
+
+
+def _log_marginal(
+    x: np.ndarray, x_knots: np.ndarray, z_knots: np.ndarray, idx: np.ndarray
+) -> np.ndarray:
+    """Log-density of ``x`` (in segments ``idx``) under "map through the
+    knots, then standard normal"."""
     slope = (z_knots[idx] - z_knots[idx - 1]) / (x_knots[idx] - x_knots[idx - 1])
     z = z_knots[idx - 1] + (x - x_knots[idx - 1]) * slope
     return -0.5 * z**2 - _LOG_SQRT_2PI + np.log(slope)
@@ -145,14 +159,17 @@ def gaussianizing_knots(
     z_knots = np.empty((n_features, N_KNOTS))
     for j in range(n_features):
         halves = [pooled[:, folds == k, j] for k in (0, 1)]
-        scores = []
-        for shrink in candidates:
-            score = 0.0
-            if min(h.shape[1] for h in halves) >= 2:
-                for k in (0, 1):
-                    fitted = _quantile_map(halves[k].ravel(), halves[k].shape[1], shrink)
-                    score += _log_marginal(halves[1 - k].ravel(), *fitted).mean()
-            scores.append(score)
+        scores = [0.0] * len(candidates)
+        if min(h.shape[1] for h in halves) >= 2:
+            for k in (0, 1):
+                # The candidates share the x knots (and so the quantiles and
+                # the segment of each held-out value); only the z knots differ.
+                x_k, z_k, linear = _quantile_knots(halves[k].ravel(), halves[k].shape[1])
+                held = halves[1 - k].ravel()
+                idx = _segments(held, x_k)
+                for c, shrink in enumerate(candidates):
+                    z_c = (1 - shrink) * z_k + shrink * linear
+                    scores[c] += _log_marginal(held, x_k, z_c, idx).mean()
         best = int(np.argmax(scores))
         shrink = SHRINK_ROWS / (SHRINK_ROWS + n) if best == 0 else candidates[best]
         x_knots[j], z_knots[j] = _quantile_map(pooled[:, :, j].ravel(), n, shrink)
