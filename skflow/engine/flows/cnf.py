@@ -397,12 +397,15 @@ class ContinuousFlow(Transform):
         t = t.to(x.device)
         xt = (1 - (1 - self.sigma_min) * t) * x0 + t * x1
         target = x1 - (1 - self.sigma_min) * x0
-        # Block k owns the time slice [k/K, (k+1)/K].
-        block_of = (t[:, 0] * len(self.blocks)).long().clamp(max=len(self.blocks) - 1)
-        velocity = torch.zeros_like(x1)
-        for k, block in enumerate(self.blocks):
-            rows = block_of == k
-            velocity = velocity.index_put((rows,), block.field(t[rows], xt[rows]))
+        if len(self.blocks) == 1:
+            velocity = self.blocks[0].field(t, xt)
+        else:
+            # Block k owns the time slice [k/K, (k+1)/K].
+            block_of = (t[:, 0] * len(self.blocks)).long().clamp(max=len(self.blocks) - 1)
+            velocity = torch.zeros_like(x1)
+            for k, block in enumerate(self.blocks):
+                rows = block_of == k
+                velocity = velocity.index_put((rows,), block.field(t[rows], xt[rows]))
         return (velocity - target).square().sum(-1)
 
 
