@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.patches import Patch
 from sklearn.datasets import load_wine
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, KFold
@@ -71,9 +72,13 @@ fig, (ax, ax_table) = plt.subplots(
 y = np.arange(len(table))[::-1]
 colors = np.where(table["gaussianize"].astype(bool), "tab:blue", "tab:orange")
 ax.barh(y, table["held-out log-lik"], xerr=table["std"], color=colors, alpha=0.8)
-ax.barh([], [], color="tab:blue", label="gaussianize=True")  # legend entries
-ax.barh([], [], color="tab:orange", label="gaussianize=False")
-ax.legend(loc="lower right")
+ax.legend(
+    handles=[
+        Patch(color=c, label=f"gaussianize={g}")
+        for c, g in [("tab:blue", True), ("tab:orange", False)]
+    ],
+    loc="lower right",
+)
 ax.set_yticks(y, table["kind"])
 lo = table["held-out log-lik"].min() - table["std"].max()
 ax.set_xlim(lo - 1, table["held-out log-lik"].max() + table["std"].max() + 1)
@@ -85,6 +90,7 @@ cells[:, 2:] = [[f"{v:.2f}" for v in row] for row in table.iloc[:, 2:].to_numpy(
 cv_table = ax_table.table(cellText=cells, colLabels=list(table.columns), loc="center")
 cv_table.auto_set_font_size(False)
 cv_table.set_fontsize(10)
+cv_table.auto_set_column_width(range(len(table.columns)))
 cv_table.scale(1, 1.5)
 fig.tight_layout()
 fig.savefig(Path(sys.argv[0]).with_suffix(".png"), dpi=90)  # also under sphinx-gallery
