@@ -209,6 +209,29 @@ def test_fit_reports_nfe_and_round_trips(training):
     np.testing.assert_array_equal(est.sample(5, random_state=0), est.sample(5, random_state=0))
 
 
+@pytest.mark.parametrize("training", ["flow_matching", "mle"])
+def test_augmented_fit_scores_and_samples(training):
+    X = _moons(200, 0)
+    est = FlowDensity(
+        "cnf",
+        n_layers=1,
+        hidden_units=16,
+        max_iter=2,
+        kind_options={"training": training, "augment_dims": 2, "augment_samples": 4},
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    scores = est.score_samples(X[:10])
+    assert np.all(np.isfinite(scores))
+    np.testing.assert_array_equal(scores, est.score_samples(X[:10]))  # fixed draws
+    samples = est.sample(6, random_state=1)
+    assert samples.shape == (6, 2)
+    np.testing.assert_array_equal(samples, est.sample(6, random_state=1))
+    assert not np.array_equal(samples, est.sample(6, random_state=2))
+
+
 def test_fit_is_reproducible():
     X = _moons(200, 0)
     est = FlowDensity("cnf", n_layers=1, hidden_units=16, max_iter=2, random_state=3)
