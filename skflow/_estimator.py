@@ -111,7 +111,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     max_iter : int, default=500
         Maximum number of epochs (passes over the training data).
     batch_size : int or "auto", default="auto"
-        Minibatch size; ``"auto"`` uses ``min(256, n_train)``.
+        Minibatch size; ``"auto"`` uses an eighth of the training rows,
+        clipped to 64..256 (and at most all of them): several steps per epoch
+        on small tables, full 256-row batches from 2,048 rows up.
     learning_rate : float, default=1e-3
         Adam (AdamW) learning rate.
     weight_decay : float, default=0.0
@@ -491,7 +493,12 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         def as_tensor(a):
             return torch.tensor(a, dtype=dtype).to(device)
 
-        batch_size = min(256, len(train_idx)) if self.batch_size == "auto" else self.batch_size
+        if self.batch_size == "auto":
+            # Small tables need several steps per epoch for patience-based
+            # early stopping to see progress: about 8 batches, 64 to 256 rows.
+            batch_size = min(len(train_idx), int(np.clip(len(train_idx) // 8, 64, 256)))
+        else:
+            batch_size = self.batch_size
         generator = torch.Generator().manual_seed(seed)
         desc = f"FlowDensity({self.kind!r})"
         # Layers that draw noise while training (Hutchinson probes, flow
