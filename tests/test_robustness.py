@@ -45,9 +45,18 @@ def _with(value, row=0, col=0):
     return bad
 
 
-def _frame_with_text():
+def _frame_with_text(dtype=object):
     pd = pytest.importorskip("pandas")
-    return pd.DataFrame({"a": X[:, 0], "b": np.where(X[:, 1] > 0, "up", "down")})
+    return pd.DataFrame({"a": X[:, 0], "b": np.where(X[:, 1] > 0, "up", "down")}).astype(
+        {"b": dtype}
+    )
+
+
+def _frame_with_missing():
+    pd = pytest.importorskip("pandas")
+    b = pd.array(np.round(X[:, 1] * 10).astype(int), dtype="Int64")
+    b[3] = pd.NA
+    return pd.DataFrame({"a": X[:, 0], "b": b})
 
 
 # (input, exception, message that must appear). Each message names the problem.
@@ -63,6 +72,12 @@ BAD_FIT_INPUT = {
     "sparse coo": (lambda: sp.coo_array(X), TypeError, "dense data is required"),
     "strings": (lambda: X.astype(str).astype(object) + "x", ValueError, "numeric features only"),
     "text column": (_frame_with_text, ValueError, r"non-numeric columns: \['b'\]"),
+    "categorical column": (
+        lambda: _frame_with_text("category"),
+        ValueError,
+        r"non-numeric columns: \['b'\].*OneHotEncoder",
+    ),
+    "pandas NA": (_frame_with_missing, ValueError, "Input X contains NaN"),
     "complex": (lambda: X.astype(complex), ValueError, "Complex data not supported"),
     # Numbers the arithmetic cannot hold: refused, not fitted to rounding noise.
     "column of 1e40": (lambda: X * [1e40, 1], ValueError, r"\[0\] have values beyond 8.5"),
