@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +130,15 @@ def write(
     text = json.dumps({"format_version": FORMAT_VERSION, **header}, sort_keys=True)
     data = _safetensors_bytes(tensors, {_HEADER_KEY: text, _HASH_KEY: _digest(text, tensors)})
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    # A fresh name next to the target (same file system, so the rename is
+    # atomic); plain open() keeps the user's umask, unlike mkstemp's 0600.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

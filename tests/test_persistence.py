@@ -250,7 +250,11 @@ def test_save_replaces_an_existing_file_atomically(fitted, saved, tmp_path):
     saved.write_bytes(b"an older model")
     fitted.save(saved)  # replaces it
     np.testing.assert_array_equal(FlowDensity.load(saved).offset_, fitted.offset_)
-    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temp left
+    # Permissions follow the umask like any new file (not a private temp file's 0600).
+    probe = tmp_path / "probe"
+    probe.touch()
+    assert saved.stat().st_mode & 0o777 == probe.stat().st_mode & 0o777
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
