@@ -148,9 +148,12 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         of the column's magnitude, such as Unix timestamps; float64: sizes
         beyond 1e150 or below 1e-150) with a ``ValueError``, rather than fit
         rounding noise.
-    max_time : float or None, default=None
+    max_time : float or None, default=900
         Training time budget in seconds; training stops (keeping the best
-        weights) once it is spent. None means no limit.
+        weights, with a ``ConvergenceWarning``) once it is spent, so a fit on
+        millions of rows ends in bounded time. Tables up to ~100,000 rows
+        normally converge well within 15 minutes on a CPU. A fit that stops
+        on time is not bit-reproducible. None means no limit.
     dequantize : "auto", False or array-like of shape (n_features,), default="auto"
         Discrete features (integer codes, counts, ratings, a handful of
         levels) would let a continuous density grow without bound on their
@@ -305,7 +308,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         contamination="auto",
         device="auto",
         dtype="float32",
-        max_time=None,
+        max_time=900,
         dequantize="auto",
         whiten=True,
         gaussianize=True,
@@ -554,6 +557,14 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 ConvergenceWarning,
                 stacklevel=3,
             )
+        elif result.stop_reason == "max_time":
+            warnings.warn(
+                f"FlowDensity stopped at its time budget max_time={self.max_time} s "
+                f"after {result.n_iter} epochs, keeping the best weights so far; raise "
+                "max_time (None: no limit) to train to convergence.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
         elif result.stop_reason == "max_iter":
             warnings.warn(
                 f"FlowDensity reached max_iter={self.max_iter} epochs before the "
@@ -568,7 +579,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         the inverse is numerically broken."""
         if X.shape[0] > INVERTIBILITY_ROWS:
             X = X[rng.choice(X.shape[0], INVERTIBILITY_ROWS, replace=False)]
-        scale = X.std(axis=0)
+        # The spread the flow sees: dequantization noise included, so a
+        # (near-)constant column does not turn round-off into a huge error.
+        scale = np.sqrt(X.var(axis=0) + self.dequantization_**2 / 12.0)
         scale = np.where(scale > 0, scale, 1.0)
         rows = torch.tensor(X, dtype=_DTYPES[self.dtype]).to(self.device_)
         err = round_trip_error(self.flow_.transform, rows).double().cpu().numpy()

@@ -171,7 +171,8 @@ def test_max_iter_warning(moons):
 
 
 def test_max_time_stops_training(moons):
-    est = FlowDensity(max_time=1e-4, n_iter_no_change=1000, random_state=0).fit(moons)
+    with pytest.warns(ConvergenceWarning, match="time budget"):
+        est = FlowDensity(max_time=1e-4, n_iter_no_change=1000, random_state=0).fit(moons)
     assert est.n_iter_ == 1 and np.isfinite(est.score(moons))
 
 
