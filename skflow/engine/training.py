@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from skflow.engine.distributions import Flow
-from skflow.engine.transforms import ActNorm
+from skflow.engine.transforms import ActNorm, Compose
 
 EVAL_CHUNK = 65536
 ACTNORM_INIT_ROWS = 4096
@@ -84,7 +84,37 @@ def _make_optimizer(params: list[Tensor], lr: float, weight_decay: float) -> tor
 
 
 def _params_finite(flow: Flow) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in flow.parameters())
+    # One host read for all parameters (each read waits for a GPU).
+    return bool(torch.stack([torch.isfinite(p).all() for p in flow.parameters()]).all())
+
+
+def _batch_loss(
+    flow: Flow, X: Tensor, dequantize: Callable[[Tensor], Tensor], noisy: bool
+) -> Callable[[Tensor], Tensor]:
+    """The mean training loss of rows ``X[idx]`` as a function of ``idx``.
+
+    The estimator puts fixed layers (no parameters: standardization,
+    whitening, marginal Gaussianization) in front of the trained ones.
+    Without dequantization noise their output never changes, so the rows go
+    through them once here instead of at every step (about 15% of a small
+    MAF's step); their log-determinant, a constant per row, is added back so
+    the loss stays the negative log-likelihood.
+    """
+    layers = list(flow.transform.transforms) if isinstance(flow.transform, Compose) else []
+    n_fixed = 0
+    while n_fixed < len(layers) - 1 and next(layers[n_fixed].parameters(), None) is None:
+        n_fixed += 1
+    # A last layer with its own objective (see Flow.training_loss) wants the
+    # log-determinant of the layers in front of it: keep the plain path.
+    if noisy or n_fixed == 0 or hasattr(layers[-1], "training_loss"):
+        return lambda idx: flow.training_loss(dequantize(X[idx])).mean()
+    fixed = Compose(*layers[:n_fixed])
+    body = Flow(Compose(*layers[n_fixed:]), flow.base)
+    with torch.no_grad():
+        mapped = [fixed(X[i : i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)]
+    Z = torch.cat([z for z, _ in mapped])
+    fixed_ladj = torch.cat([ladj for _, ladj in mapped])
+    return lambda idx: (body.training_loss(Z[idx]) - fixed_ladj[idx]).mean()
 
 
 def train_flow(
@@ -125,7 +155,8 @@ def train_flow(
     n_batches = max(n // batch_size, 1)
     start_time = time.monotonic()
     width = flow.dequantization
-    if bool((width > 0).any()):
+    noisy = bool((width > 0).any())
+    if noisy:
         # Fresh uniform noise on discrete features at every step; the
         # validation rows get one fixed draw so epochs stay comparable.
         def dequantize(x: Tensor) -> Tensor:
@@ -138,6 +169,7 @@ def train_flow(
             return x
 
 
+    batch_loss = _batch_loss(flow, X_train, dequantize, noisy)
     _initialize_actnorm(flow, dequantize(X_train), generator)
     best_score = validation_score(flow, X_val) if X_val is not None else -math.inf
     if not math.isfinite(best_score) and X_val is not None:
@@ -151,7 +183,7 @@ def train_flow(
         out_of_time = False
         for b in range(n_batches):
             idx = perm[b * batch_size : (b + 1) * batch_size]
-            loss = flow.training_loss(dequantize(X_train[idx])).mean()
+            loss = batch_loss(idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, clip_grad)

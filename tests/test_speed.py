@@ -1,0 +1,102 @@
+"""Performance properties that can be checked without timing noise: the
+training loop does not wait for the device once per step, MAF sampling takes
+D network passes per layer, and (on a CUDA machine) a large-batch fit on the
+GPU beats the CPU by a wide margin."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from skflow import FlowDensity
+from skflow.engine import Flow, StandardNormal, build_transform, resolve_device, train_flow
+from skflow.engine.nn import MADE
+
+# Python-level ways of reading a tensor's value on the host: each one waits
+# for a GPU to finish everything queued.
+SYNCING = ("item", "tolist", "numpy", "cpu", "__float__", "__bool__", "__int__")
+
+
+def _count_host_reads(monkeypatch) -> list[int]:
+    count = [0]
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            count[0] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return count
+
+
+@pytest.mark.parametrize("kind", ["maf", "realnvp"])
+def test_training_reads_no_value_per_step(kind, monkeypatch):
+    """Host reads per epoch must not grow with the number of steps per epoch
+    (on a GPU each one is a sync that stalls the queue of kernels)."""
+
+    def host_reads(n_rows: int) -> int:
+        torch.manual_seed(0)
+        flow = Flow(build_transform(kind, 3, n_layers=2, hidden_units=(8,)), StandardNormal(3))
+        X = torch.randn(n_rows, 3)
+        with monkeypatch.context() as m:
+            count = _count_host_reads(m)
+            train_flow(flow, X, X[:16], max_iter=2, batch_size=16, learning_rate=1e-3)
+        return count[0]
+
+    assert host_reads(16 * 20) == host_reads(16 * 2)
+
+
+def test_maf_sampling_takes_d_passes_per_layer():
+    d = 4
+    X = np.random.default_rng(0).standard_normal((200, d))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = FlowDensity(kind="maf", n_layers=2, hidden_units=8, max_iter=1, random_state=0)
+        est.fit(X)
+    mades = [m for m in est.flow_.modules() if isinstance(m, MADE)]
+    calls = [0] * len(mades)
+    for i, made in enumerate(mades):
+        made.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    est.sample(50, random_state=0)
+    assert calls == [d] * len(mades)
+
+
+def _steps_per_second(device: torch.device, X: torch.Tensor, epochs: int = 2) -> float:
+    """Training throughput of a 5-layer MAF (hidden 64, 64) at batch 4096."""
+    torch.manual_seed(0)
+    flow = Flow(
+        build_transform("maf", X.shape[1], n_layers=5, hidden_units=(64, 64)),
+        StandardNormal(X.shape[1]),
+    ).to(device)
+    X = X.to(device)
+    kwargs = dict(batch_size=4096, learning_rate=1e-3, n_iter_no_change=epochs + 1)
+    train_flow(flow, X[:8192], None, max_iter=1, **kwargs)  # warm-up: context, kernels
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    train_flow(flow, X, None, max_iter=epochs, **kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return epochs * (X.shape[0] // 4096) / (time.perf_counter() - start)
+
+
+@pytest.mark.gpu
+def test_cuda_training_throughput_at_batch_4096():
+    """The GPU target: with device="auto" on a CUDA machine, at least 20 times
+    the steps per second of two CPU threads."""
+    X = torch.randn(4096 * 25, 10)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cpu = _steps_per_second(torch.device("cpu"), X)
+    finally:
+        torch.set_num_threads(before)
+    auto = resolve_device("auto")
+    assert auto.type == "cuda"
+    gpu = _steps_per_second(auto, X)
+    assert gpu >= 20 * cpu, f"{gpu:.0f} steps/s on {auto} vs {cpu:.0f} on 2 CPU threads"
