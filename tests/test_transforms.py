@@ -28,6 +28,7 @@ from skflow.engine.transforms import (
     MaskedAutoregressive,
     Permutation,
     PiecewiseLinear,
+    SigmoidAffineTransformer,
     Split,
 )
 
@@ -70,6 +71,9 @@ LAYERS = {
     "lu_linear_1x1conv": lambda d: LULinear(d // 2),
     "additive_coupling": lambda d: Coupling(
         torch.arange(d) % 2 == 0, AdditiveTransformer(), HIDDEN
+    ),
+    "sigmoid_affine_coupling": lambda d: Coupling(
+        torch.arange(d) % 2 == 0, SigmoidAffineTransformer(), HIDDEN
     ),
     "batch_norm": _batch_norm_with_running_stats,
     "split": lambda d: Split(LULinear(d // 2), d // 2),

@@ -1,8 +1,11 @@
 """Glow (Kingma & Dhariwal 2018, arXiv:1807.03039).
 
-A Glow step is ActNorm (per-channel affine, initialized from the first
-training batch), an invertible linear mixing parametrized as ``P L U`` (the
-"invertible 1x1 convolution", log-det in ``O(D)``) and an affine coupling.
+A Glow step is ActNorm (per-channel affine, initialized from the
+training data), an invertible linear mixing parametrized as ``P L U`` (the
+"invertible 1x1 convolution", log-det in ``O(D)``) and an affine coupling
+with Glow's sigmoid scale, which only contracts from data to latent: rows
+far from the training data keep finite, Gaussian-like tails instead of
+being blown up by compounding scales.
 The learned mixing replaces RealNVP's fixed alternation, so every coordinate
 can condition every other after a few steps. Density and sampling both take
 one pass per step; sampling adds two triangular solves per step. ActNorm
@@ -43,11 +46,11 @@ from skflow.engine.flows.realnvp import alternating_masks
 from skflow.engine.nn import ConvNet
 from skflow.engine.transforms import (
     ActNorm,
-    AffineTransformer,
     Compose,
     Coupling,
     LULinear,
     Permutation,
+    SigmoidAffineTransformer,
     Split,
     Transform,
 )
@@ -69,7 +72,7 @@ def build_glow(
             layers += [
                 ActNorm(n_features),
                 LULinear(n_features, rotation=False),
-                Coupling(mask, AffineTransformer(), hidden_units),
+                Coupling(mask, SigmoidAffineTransformer(), hidden_units),
             ]
         return Compose(*layers)
     channels, height, width = _check_image_shape(image_shape, n_features, n_levels)
@@ -117,7 +120,7 @@ def _conv_coupling(
     """Affine coupling in which the channels where ``channel_mask`` is True
     condition the others through a convolutional net."""
     n_cond = int(channel_mask.sum())
-    transformer = AffineTransformer()
+    transformer = SigmoidAffineTransformer()
     net = ConvNet(
         n_cond,
         len(channel_mask) - n_cond,
