@@ -340,20 +340,20 @@ torch.set_num_threads(1)
 warnings.simplefilter("ignore")
 from sklearn.datasets import make_moons
 from skflow import FlowDensity
+from skflow.engine import KINDS
 from test_robustness import _fingerprint
 X = make_moons(n_samples=300, noise=0.1, random_state=0)[0]
 params = json.loads(sys.argv[1])
 print(json.dumps({kind: _fingerprint(FlowDensity(kind=kind, **params).fit(X), X)
-                  for kind in ["maf", "realnvp"]}))
+                  for kind in sorted(KINDS)}))
 """
 
 
 def test_bitwise_reproducible_across_fits_and_processes():
     # Same seed, thread count (1, as conftest sets) and build: identical bits.
-    first = {
-        kind: _fingerprint(FlowDensity(kind=kind, **FAST).fit(X), X) for kind in ["maf", "realnvp"]
-    }
-    assert _fingerprint(FlowDensity(kind="maf", **FAST).fit(X), X) == first["maf"]
+    first = {kind: _fingerprint(FlowDensity(kind=kind, **FAST).fit(X), X) for kind in KINDS}
+    for kind in KINDS:
+        assert _fingerprint(FlowDensity(kind=kind, **FAST).fit(X), X) == first[kind], kind
     out = subprocess.run(
         [sys.executable, "-c", _IN_FRESH_PROCESS, json.dumps(FAST)],
         capture_output=True,
