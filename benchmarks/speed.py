@@ -8,17 +8,22 @@ ReLU; maf = affine MADE layers with the order reversed between them, realnvp
 rational-quadratic splines with 8 bins on [-3, 3]. Every training run does
 the same number of Adam steps on minibatches of 256 rows, after a warm-up of
 ``WARMUP`` steps; rounds are interleaved (each round times every contender
-once) and the median round is reported, because the machine is shared.
+once) and the median round is reported. Times are CPU seconds of the process
+(``time.process_time``): with one thread that is the compute time, and unlike
+wall time it does not grow when other jobs share the cores.
 
 - skflow fit: ``FlowDensity(kind, n_layers=5, hidden_units=(64, 64),
   batch_size=256, max_iter=EPOCHS).fit(X)`` with its defaults otherwise
   (10 % validation split scored every epoch, early-stopping bookkeeping,
   gradient clipping, standardization, the post-fit invertibility check and
-  the offset for ``predict``); ``EPOCHS`` epochs of 45,000 rows = 350 steps.
-- torch loop (the limit): the same skflow flow object driven by the
+  the offset for ``predict``); ``EPOCHS`` epochs of 45,000 rows = 350 steps
+  (nsf: 18,000 rows, 140 steps).
+- skflow train_flow: the engine's training loop alone on the same flow and
+  split (validation every epoch, early-stopping bookkeeping, clipping).
+- torch loop (the limit): a skflow flow of the same structure driven by the
   shortest loop that trains it (index a minibatch, ``-log_prob().mean()``,
   ``zero_grad``, ``backward``, Adam ``step``), for the same number of steps.
-  "engine overhead" = fit time / loop time - 1.
+  Overhead = time / loop time - 1, for train_flow and for the whole fit.
 - zuko / nflows / normflows: that same loop around each peer's flow.
 - scoring: ``score_samples`` on 100,000 rows against zuko's
   ``flow().log_prob`` under ``torch.no_grad`` on the same rows.
