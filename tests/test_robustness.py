@@ -304,6 +304,19 @@ def test_broken_inverse_is_measured_and_warned(monkeypatch):
     assert np.isfinite(est.score_samples(X)).all()
 
 
+def test_exploding_inverse_of_a_real_fit_is_caught():
+    # An absurd learning rate does not make nsf's loss diverge (its splines
+    # are bounded) but leaves extreme spline shapes whose stacked inverse is
+    # so ill-conditioned that it misses by whole standard deviations in
+    # float32 (an exploding inverse, Behrmann et al. 2021). Only the
+    # round-trip check notices.
+    params = dict(kind="nsf", learning_rate=1e7, n_layers=3, hidden_units=32, max_iter=10)
+    with pytest.warns(InvertibilityWarning, match="round-trip error .* standard deviations"):
+        est = FlowDensity(**params, random_state=0).fit(X)
+    assert est.reconstruction_error_ > 1.0
+    assert np.isfinite(est.score_samples(X)).all()
+
+
 def test_round_trip_error_reports_nan_as_inf():
     class Nan(_LossyInverse):
         def inverse(self, z):
