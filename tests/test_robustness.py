@@ -306,10 +306,10 @@ def test_broken_inverse_is_measured_and_warned(monkeypatch):
 
 def test_exploding_inverse_of_a_real_fit_is_caught():
     # An absurd learning rate does not make nsf's loss diverge (its splines
-    # are bounded) but leaves extreme spline shapes whose stacked inverse is
-    # so ill-conditioned that it misses by whole standard deviations in
-    # float32 (an exploding inverse, Behrmann et al. 2021). Only the
-    # round-trip check notices.
+    # are bounded) but leaves near-step-shaped splines (huge knot slopes,
+    # nearly flat in between), whose autoregressive inverse misses by whole
+    # standard deviations: an exploding inverse (Behrmann et al. 2021). Only
+    # the round-trip check notices.
     params = dict(kind="nsf", learning_rate=1e7, n_layers=3, hidden_units=32, max_iter=10)
     with pytest.warns(InvertibilityWarning, match="round-trip error .* standard deviations"):
         est = FlowDensity(**params, random_state=0).fit(X)
