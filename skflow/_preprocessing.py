@@ -81,6 +81,7 @@ SHRINK_ROWS = 100.0
 # Pooled draws of dequantization noise (bounded in total size) so that the
 # quantiles of a discrete feature trace its dequantized, piecewise-uniform CDF.
 _MAX_POOLED = 400_000
+MIN_QUANTILE_ROWS = 20
 _LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
 
 
@@ -153,6 +154,12 @@ def gaussianizing_knots(
     rng = np.random.RandomState(seed)
     draws = max(1, min(8, _MAX_POOLED // max(n, 1)))
     pooled = np.stack([X + (rng.uniform(size=X.shape) - 0.5) * widths for _ in range(draws)])
+    if n < MIN_QUANTILE_ROWS:
+        # Too few rows to see a shape (and to place quantile knots): standardize.
+        mean, spread = pooled.mean(axis=(0, 1)), pooled.std(axis=(0, 1))
+        spread = np.where(spread > 0, spread, 1.0)
+        z_knots = np.broadcast_to(np.linspace(-10.0, 10.0, N_KNOTS), (n_features, N_KNOTS))
+        return mean[:, None] + spread[:, None] * z_knots, z_knots.copy()
     folds = rng.permutation(n) % 2
     candidates = [SHRINK_ROWS / (SHRINK_ROWS + n / 2), 0.5, 1.0]
     x_knots = np.empty((n_features, N_KNOTS))

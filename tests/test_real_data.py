@@ -19,7 +19,7 @@ def _gaussian_loglik(X_train, X_test):
 
 
 @pytest.mark.parametrize("name", ["uci_airfoil", "uci_concrete", "adbench_38_thyroid"])
-@pytest.mark.parametrize("kind", ["maf", "realnvp"])
+@pytest.mark.parametrize("kind", ["maf", "glow"])
 def test_beats_full_covariance_gaussian(name, kind):
     data = load_shared(name)
     X = data["X"]

@@ -50,7 +50,7 @@ LAYERS = {
         torch.cumsum(torch.rand(d, 12) + 0.1, -1) - 3, torch.cumsum(torch.rand(d, 12) + 0.1, -1) - 3
     ),
     "affine_whitening": lambda d: Affine(
-        torch.randn(d), torch.tril(torch.randn(d, d)) * 0.3 + torch.diag(torch.rand(d) + 0.5)
+        torch.randn(d), torch.tril(torch.randn(d, d), -1) * 0.3 + torch.diag(torch.rand(d) + 0.5)
     ),
     "permutation": lambda d: Permutation(torch.randperm(d)),
     "masked_autoregressive": lambda d: MaskedAutoregressive(d, AffineTransformer(), HIDDEN),
