@@ -29,7 +29,7 @@ from skflow._preprocessing import (
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.diagnostics import round_trip_error
-from skflow.engine.training import EVAL_CHUNK
+from skflow.engine.training import eval_chunk
 from skflow.engine.transforms import Affine, Compose, PiecewiseLinear
 from skflow.exceptions import InvertibilityWarning
 
@@ -623,15 +623,16 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         # solver would fail on them).
         out = np.full(X.shape[0], -np.inf)
         with torch.inference_mode():
-            for start in range(0, X.shape[0], EVAL_CHUNK):
+            rows = eval_chunk(self.device_)
+            for start in range(0, X.shape[0], rows):
                 # Convert chunk by chunk so memory stays bounded on huge inputs;
                 # torch.tensor copies, so read-only (memmapped) input is fine.
-                chunk = torch.tensor(X[start : start + EVAL_CHUNK], dtype=_DTYPES[self.dtype])
+                chunk = torch.tensor(X[start : start + rows], dtype=_DTYPES[self.dtype])
                 finite = torch.isfinite(chunk).all(dim=1)
                 if bool(finite.any()):
                     logp = self.flow_.log_prob(chunk[finite].to(self.device_))
                     # A view of out: the masked assignment writes through.
-                    out[start : start + EVAL_CHUNK][finite.numpy()] = logp.double().cpu().numpy()
+                    out[start : start + rows][finite.numpy()] = logp.double().cpu().numpy()
         out[np.isnan(out)] = -np.inf
         return out
 
