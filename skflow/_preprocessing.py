@@ -107,7 +107,8 @@ def _quantile_knots(col: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np
     tail = max(1, int(0.1 * (N_KNOTS - 2)))
     lo = (z_fine[tail] - z_fine[0]) / (x_fine[tail] - x_fine[0])
     hi = (z_fine[-1] - z_fine[-1 - tail]) / (x_fine[-1] - x_fine[-1 - tail])
-    reach = 10 * spread
+    # One standard deviation of linear tail, then the map's logarithmic tails.
+    reach = spread
     x_knots = np.concatenate([[x_fine[0] - reach], x_fine, [x_fine[-1] + reach]])
     z_knots = np.concatenate([[z_fine[0] - reach * lo], z_fine, [z_fine[-1] + reach * hi]])
     return x_knots, z_knots, (x_knots - col.mean()) / spread
@@ -132,7 +133,12 @@ def _log_marginal(
     knots, then standard normal"."""
     slope = (z_knots[idx] - z_knots[idx - 1]) / (x_knots[idx] - x_knots[idx - 1])
     z = z_knots[idx - 1] + (x - x_knots[idx - 1]) * slope
-    return -0.5 * z**2 - _LOG_SQRT_2PI + np.log(slope)
+    # The logarithmic tails of engine.transforms.PiecewiseLinear.
+    under = np.clip(x_knots[0] - x, 0, None) * slope
+    over = np.clip(x - x_knots[-1], 0, None) * slope
+    z = np.where(under > 0, z_knots[0] - np.log1p(under), z)
+    z = np.where(over > 0, z_knots[-1] + np.log1p(over), z)
+    return -0.5 * z**2 - _LOG_SQRT_2PI + np.log(slope) - np.log1p(under) - np.log1p(over)
 
 
 def gaussianizing_knots(
@@ -147,8 +153,8 @@ def gaussianizing_knots(
     standardization. The one with the best 2-fold cross-validated marginal
     likelihood wins, so a near-Gaussian feature keeps its smooth Gaussian
     shape while a skewed, multimodal or spiky one is Gaussianized. Beyond the
-    data the map continues linearly, so every real input maps somewhere
-    finite.
+    data the map continues linearly for one standard deviation, then
+    logarithmically, so far-out inputs map somewhere moderate.
     """
     n, n_features = X.shape
     rng = np.random.RandomState(seed)

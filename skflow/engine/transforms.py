@@ -111,14 +111,21 @@ class Affine(Transform):
 
 
 class PiecewiseLinear(Transform):
-    """Fixed monotone piecewise-linear map of each feature through knots
-    ``(x_knots[i, k], z_knots[i, k])``, extended linearly beyond the end knots.
+    """Fixed monotone map of each feature: piecewise linear through knots
+    ``(x_knots[i, k], z_knots[i, k])``, with logarithmic tails beyond the end
+    knots (``z = z_end + log(1 + s |x - x_end|)``, ``s`` the end segment's
+    slope).
 
     Fitted to a feature's empirical quantiles against normal quantiles, it is
     a marginal Gaussianization: skewed, multimodal or spiky features become
-    near-normal before the learned layers see them. log|det| is the sum of the
-    log-slopes of the segments the input falls in, exact everywhere.
+    near-normal before the learned layers see them. The logarithmic tails
+    keep points far outside the training range from exploding through the
+    layers after it (a query 100 standard deviations out lands a few units
+    out). log|det| is exact everywhere.
     """
+
+    # Beyond this many units past the end knot, the inverse's exp saturates.
+    MAX_TAIL = 80.0
 
     def __init__(self, x_knots: Tensor, z_knots: Tensor) -> None:
         super().__init__()
@@ -136,20 +143,47 @@ class PiecewiseLinear(Transform):
         self.z_knots.copy_(z_knots)
 
     @staticmethod
-    def _interpolate(x: Tensor, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
-        xt = x.T.contiguous()
-        # Segment k spans knots k-1..k; clamping extends the end segments.
-        idx = torch.searchsorted(src, xt).clamp(1, src.shape[-1] - 1)
+    def _segments(v: Tensor, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+        """Linear interpolation of ``v`` (features first) and its slope."""
+        idx = torch.searchsorted(src, v).clamp(1, src.shape[-1] - 1)
         s0, s1 = src.gather(1, idx - 1), src.gather(1, idx)
         d0, d1 = dst.gather(1, idx - 1), dst.gather(1, idx)
         slope = (d1 - d0) / (s1 - s0)
-        return (d0 + (xt - s0) * slope).T, slope.log().sum(0)
+        return d0 + (v - s0) * slope, slope
+
+    def _end_slopes(self) -> tuple[Tensor, Tensor]:
+        xk, zk = self.x_knots, self.z_knots
+        return (
+            (zk[:, 1:2] - zk[:, :1]) / (xk[:, 1:2] - xk[:, :1]),
+            (zk[:, -1:] - zk[:, -2:-1]) / (xk[:, -1:] - xk[:, -2:-1]),
+        )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._interpolate(x, self.x_knots, self.z_knots)
+        xt = x.T.contiguous()
+        z, slope = self._segments(xt, self.x_knots, self.z_knots)
+        s_lo, s_hi = self._end_slopes()
+        under = (self.x_knots[:, :1] - xt).clamp(min=0) * s_lo
+        over = (xt - self.x_knots[:, -1:]).clamp(min=0) * s_hi
+        z = torch.where(under > 0, self.z_knots[:, :1] - torch.log1p(under), z)
+        z = torch.where(over > 0, self.z_knots[:, -1:] + torch.log1p(over), z)
+        # In a tail, log dz/dx = log s - log(1 + s |dx|); inside, log(slope).
+        ladj = slope.log() - torch.log1p(under) - torch.log1p(over)
+        return z.T, ladj.sum(0)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self._interpolate(z, self.z_knots, self.x_knots)
+        zt = z.T.contiguous()
+        x, slope = self._segments(zt, self.z_knots, self.x_knots)
+        s_lo, s_hi = self._end_slopes()
+        under = (self.z_knots[:, :1] - zt).clamp(min=0, max=self.MAX_TAIL)
+        over = (zt - self.z_knots[:, -1:]).clamp(min=0, max=self.MAX_TAIL)
+        x = torch.where(under > 0, self.x_knots[:, :1] - torch.expm1(under) / s_lo, x)
+        x = torch.where(over > 0, self.x_knots[:, -1:] + torch.expm1(over) / s_hi, x)
+        # Inside, slope is dx/dz; in a tail log dx/dz = |dz| - log s.
+        inside = (under == 0) & (over == 0)
+        ladj = torch.where(
+            inside, slope.log(), under + over - torch.where(under > 0, s_lo, s_hi).log()
+        )
+        return x.T, ladj.sum(0)
 
 
 class Permutation(Transform):
