@@ -37,6 +37,11 @@ from skflow.exceptions import InvertibilityWarning
 # held-out (validation) rows.
 AUTO_TAIL = 0.01
 
+# Latent values beyond this many standard deviations are compressed
+# logarithmically (a heavy-tailed latent): a standard normal exceeds it with
+# probability 6e-7, so fits of in-distribution data do not see it.
+TAIL_START = 5.0
+
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Training columns must stay within [1/_SQUARE_SAFE, _SQUARE_SAFE] in size so
 # that their float64 squares (variances) neither overflow nor underflow.
@@ -373,7 +378,15 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             hidden_units=hidden_units,
             **(self.kind_options or {}),
         )
-        return Flow(Compose(*preprocess, body), StandardNormal(n_features))
+        layers = [*preprocess, body]
+        if not hasattr(body, "training_loss"):
+            # Identity within TAIL_START of the latent's centre, logarithmic
+            # beyond: a far-out query scores a large negative log-density
+            # instead of the body's exponential blow-up squared. Kinds with an
+            # objective of their own (flow matching) keep a plain Gaussian.
+            edge = torch.tensor([-TAIL_START, TAIL_START]).expand(n_features, 2)
+            layers.append(PiecewiseLinear(edge, edge))
+        return Flow(Compose(*layers), StandardNormal(n_features))
 
     def _fit_preprocessing(self, flow: Flow, X: np.ndarray) -> np.ndarray:
         """Set the dequantization widths (returned) and the fixed layers in
