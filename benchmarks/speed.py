@@ -31,12 +31,12 @@ wall time it does not grow when other jobs share the cores.
   ``sample``; the target is at most D + 1.
 - default fit: ``FlowDensity()`` with all defaults on the 50,000 x 10 table,
   against ``GaussianMixture`` tuned by ``GridSearchCV`` (n_components 1..10,
-  3 folds, full covariances), both on ``--fit-threads`` threads (2 by default).
+  3 folds, full covariances), both on ``--fit-threads`` threads (1 by default).
 
 Run:  python -m benchmarks.speed [--rounds 3] [--threads 1] [--skip-default-fit] [--table-only]
 Prints a markdown table and writes benchmarks/results/speed.json (about
-5 minutes on two shared cores; peers that are not installed are skipped:
-``pip install skflow[bench]``).
+6 CPU minutes, half of it the default fit and the grid search; peers that are
+not installed are skipped: ``pip install skflow[bench]``).
 """
 
 from __future__ import annotations
@@ -452,7 +452,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--fit-threads", type=int, default=2)
+    # One thread: on a shared machine two threads on two busy cores ran the
+    # default fit over 10x slower; pass 2 for the 2-core figure on an idle one.
+    parser.add_argument("--fit-threads", type=int, default=1)
     parser.add_argument("--skip-default-fit", action="store_true")
     parser.add_argument(
         "--table-only", action="store_true", help="reprint the tables of results/speed.json"
