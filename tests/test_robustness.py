@@ -197,8 +197,9 @@ def test_extreme_query_is_very_unlikely_never_nan(kind, dtype):
     far = np.array([[v, 0.0] for v in FAR] + [[0.0, v] for v in FAR] + [[v, -v] for v in FAR])
     scores = est.score_samples(far)
     assert not np.isnan(scores).any()
-    # Finite and far below every training row, or the limit -inf.
-    assert (scores < est.score_samples(X).min() - 100).all()
+    # Finite and far below every training row (the latent's logarithmic
+    # tails make that tens of nats at 1e10, not millions), or the limit -inf.
+    assert (scores < est.score_samples(X).min() - 30).all()
     assert (est.predict(far) == -1).all()
     # Rows are scored independently: an extreme row does not spoil its chunk.
     np.testing.assert_allclose(
@@ -269,7 +270,8 @@ def test_invalid_parameter_messages_say_what_is_allowed(params, match):
 @pytest.mark.parametrize("kind", ["maf", "realnvp"])
 def test_divergence_restores_best_weights_and_says_what_to_try(kind):
     with pytest.warns(ConvergenceWarning, match="diverged.*Try a smaller learning_rate"):
-        est = FlowDensity(kind=kind, learning_rate=1e7, n_layers=3, max_iter=30, random_state=0)
+        # 1e10: the heavy-tailed latent keeps some kinds finite at 1e7.
+        est = FlowDensity(kind=kind, learning_rate=1e10, n_layers=3, max_iter=30, random_state=0)
         est.fit(X)
     assert np.isnan(est.loss_curve_[-1]) or est.n_iter_ < 30
     assert np.isfinite(est.score_samples(X)).all()
@@ -310,7 +312,16 @@ def test_exploding_inverse_of_a_real_fit_is_caught():
     # nearly flat in between), whose autoregressive inverse misses by whole
     # standard deviations: an exploding inverse (Behrmann et al. 2021). Only
     # the round-trip check notices.
-    params = dict(kind="nsf", learning_rate=1e7, n_layers=3, hidden_units=32, max_iter=10)
+    # early_stopping=False keeps the final weights: with validation, the
+    # initial Gaussian-copula weights stay best and are restored instead.
+    params = dict(
+        kind="nsf",
+        learning_rate=1e7,
+        n_layers=3,
+        hidden_units=32,
+        max_iter=10,
+        early_stopping=False,
+    )
     with pytest.warns(InvertibilityWarning, match="round-trip error .* standard deviations"):
         est = FlowDensity(**params, random_state=0).fit(X)
     assert est.reconstruction_error_ > 1.0
