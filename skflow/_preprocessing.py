@@ -63,7 +63,7 @@ def standardization(
     var = X.var(axis=0) + widths**2 / 12.0
     # A constant continuous column (only with dequantize=False) has no spread.
     std = np.sqrt(np.where(var > 0, var, 1.0))
-    if not whiten or X.shape[1] == 1:
+    if not whiten or X.shape[1] == 1 or X.shape[0] < 2:  # no covariance to estimate
         return loc, np.diag(std)
     Z = (X - loc) / std
     alpha = ledoit_wolf_shrinkage(Z, assume_centered=True)
