@@ -394,6 +394,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         widths = dequantization_widths(X, self.dequantize)
         flow.dequantization.copy_(torch.as_tensor(widths))
         layers = flow.transform.transforms
+        noise_widths = widths
         if self.gaussianize:
             x_knots, z_knots = gaussianizing_knots(X, widths)
             layers[0].reset(torch.as_tensor(x_knots), torch.as_tensor(z_knots))
@@ -401,10 +402,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             jitter = np.random.RandomState(0).uniform(-0.5, 0.5, size=X.shape) * widths
             with torch.no_grad():
                 X = layers[0](torch.as_tensor(X + jitter, dtype=layers[0].x_knots.dtype))[0]
-            X, widths = X.double().cpu().numpy(), np.zeros_like(widths)
-        loc, scale = standardization(X, widths, self.whiten)
+            X, noise_widths = X.double().cpu().numpy(), np.zeros_like(widths)
+        loc, scale = standardization(X, noise_widths, self.whiten)
         layers[1 if self.gaussianize else 0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
-        return flow.dequantization.double().cpu().numpy()
+        # float64, not the buffer's dtype: sample() snaps onto this lattice.
+        return widths
 
     def _validate_X(self, X, **kwargs) -> np.ndarray:
         """``validate_data`` to float64, with an error naming non-numeric columns."""

@@ -87,3 +87,14 @@ def test_breastw_integer_table_finite():
     est = FlowDensity(random_state=0, max_time=30).fit(X[:300])
     assert np.all(est.dequantization_ > 0)
     assert np.isfinite(est.score_samples(X[300:])).all()
+
+
+def test_samples_land_exactly_on_a_decimal_lattice():
+    """Widths like 0.1 are kept in float64, so float32 fits still sample the
+    data's own values (0.1 steps), not values off by float32 rounding."""
+    rng = np.random.RandomState(0)
+    X = np.round(rng.randn(400, 2), 1)
+    est = FlowDensity(max_iter=5, random_state=0).fit(X)
+    assert est.dequantization_ == pytest.approx([0.1, 0.1], rel=1e-12)
+    S = est.sample(300, random_state=0)
+    np.testing.assert_allclose(S * 10, np.round(S * 10), atol=1e-9)
