@@ -30,7 +30,7 @@ from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.training import eval_chunk
-from skflow.engine.transforms import Affine, Compose, PiecewiseLinear
+from skflow.engine.transforms import Affine, Compose, LogTails, PiecewiseLinear
 from skflow.exceptions import InvertibilityWarning
 
 # Under contamination="auto", the offset is this quantile of the scores of
@@ -384,8 +384,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             # beyond: a far-out query scores a large negative log-density
             # instead of the body's exponential blow-up squared. Kinds with an
             # objective of their own (flow matching) keep a plain Gaussian.
-            edge = torch.tensor([-TAIL_START, TAIL_START]).expand(n_features, 2)
-            layers.append(PiecewiseLinear(edge, edge))
+            layers.append(LogTails(TAIL_START))
         return Flow(Compose(*layers), StandardNormal(n_features))
 
     def _fit_preprocessing(self, flow: Flow, X: np.ndarray) -> np.ndarray:

@@ -250,11 +250,51 @@ def test_fit_is_reproducible():
         ({"rtol": 0}, "rtol"),
         ({"augment_dims": -1}, "augment_dims"),
         ({"kinetic_energy": 0.1}, "flow matching"),
+        ({"ema_decay": 1.0}, "ema_decay"),
     ],
 )
 def test_bad_options_say_what_to_do(options, match):
     with pytest.raises(ValueError, match=match):
         FlowDensity("cnf", kind_options=options).fit(np.random.default_rng(0).normal(size=(20, 2)))
+
+
+def test_flow_matching_keeps_the_weight_average(monkeypatch):
+    # Training validates and keeps the exponential average of the weights:
+    # with decay 0.999 over few steps the kept weights stay near their
+    # zero-initialized output layer, without averaging they move away.
+    from skflow.engine import training as training_module
+
+    X = np.random.default_rng(0).normal(size=(200, 2)) * [1.0, 3.0]
+    swaps = []
+    swap = training_module._ExponentialAverage.swap
+    monkeypatch.setattr(
+        training_module._ExponentialAverage, "swap", lambda self: swaps.append(1) or swap(self)
+    )
+
+    def last_layer_norm(decay):
+        est = FlowDensity("cnf", max_iter=5, random_state=0, kind_options={"ema_decay": decay}).fit(
+            X
+        )
+        field = est.flow_.transform.transforms[-1].blocks[0].field
+        return float(list(field.parameters())[-2].norm())
+
+    averaged, raw = last_layer_norm(0.999), last_layer_norm(0.0)
+    assert len(swaps) == 2 * 5  # to the average and back, every epoch, only when asked
+    assert averaged < 0.5 * raw
+
+
+def test_ema_average_and_swap():
+    from skflow.engine.training import _ExponentialAverage
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = _ExponentialAverage([p], decay=0.5)
+    with torch.no_grad():
+        p.fill_(4.0)
+    ema.update()  # average: 0 + 0.5 * (4 - 0) = 2
+    ema.swap()
+    torch.testing.assert_close(p.detach(), torch.full((3,), 2.0))
+    ema.swap()
+    torch.testing.assert_close(p.detach(), torch.full((3,), 4.0))
 
 
 def _held_out_ll(training, X_train, X_test, **params):

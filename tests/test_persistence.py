@@ -220,7 +220,7 @@ def _resave(path, edit_header=None, edit_tensors=None):
 @pytest.mark.parametrize(
     "edit_header, edit_tensors, match",
     [
-        (lambda h: h["params"].update(n_layers=3), None, "missing tensors: .* and 8 more"),
+        (lambda h: h["params"].update(n_layers=3), None, "missing tensors: .* and [0-9]+ more"),
         (
             lambda h: h["fitted"].update(hidden_units_={"__tuple__": [7, 7]}),
             None,

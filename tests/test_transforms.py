@@ -24,6 +24,7 @@ from skflow.engine.transforms import (
     Compose,
     Coupling,
     Inverse,
+    LogTails,
     LULinear,
     MaskedAutoregressive,
     Permutation,
@@ -54,6 +55,10 @@ LAYERS = {
     ),
     "permutation": lambda d: Permutation(torch.randperm(d)),
     "masked_autoregressive": lambda d: MaskedAutoregressive(d, AffineTransformer(), HIDDEN),
+    "masked_autoregressive_reversed": lambda d: MaskedAutoregressive(
+        d, AffineTransformer(), HIDDEN, torch.arange(d - 1, -1, -1)
+    ),
+    "log_tails": lambda d: LogTails(0.5),
     "coupling": lambda d: Coupling(torch.arange(d) % 2 == 0, AffineTransformer(), HIDDEN),
     "inverse": lambda d: Inverse(MaskedAutoregressive(d, AffineTransformer(), HIDDEN)),
     "spline_autoregressive": lambda d: MaskedAutoregressive(
@@ -161,3 +166,28 @@ def test_kinds_sample_shapes_any_width(name, d):
     assert x.shape == (7, d)
     logp = flow.log_prob(x)
     assert logp.shape == (7,) and torch.isfinite(logp).all()
+
+
+def test_log_tails_is_piecewise_linear_with_two_knots():
+    # The estimator's heavy-tailed latent: the elementwise LogTails must be
+    # the same map as the general PiecewiseLinear with knots at +-bound.
+    torch.manual_seed(0)
+    x = torch.randn(500, 3, dtype=torch.float64) * 20
+    edge = torch.tensor([-5.0, 5.0], dtype=torch.float64).expand(3, 2)
+    general, fast = PiecewiseLinear(edge, edge), LogTails(5.0)
+    for direction in ("forward", "inverse"):
+        expected, got = getattr(general, direction)(x), getattr(fast, direction)(x)
+        torch.testing.assert_close(got[0], expected[0])
+        torch.testing.assert_close(got[1], expected[1])
+
+
+def test_reversed_order_masks_condition_on_later_features():
+    # With order reversed, output i depends on features i+1.. only.
+    torch.manual_seed(0)
+    layer = MaskedAutoregressive(D, AffineTransformer(), HIDDEN, torch.arange(D - 1, -1, -1))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    jac = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], torch.randn(D))
+    assert torch.all(jac.tril(-1) == 0) and torch.all(jac.diagonal() != 0)
+    assert torch.any(jac.triu(1) != 0)

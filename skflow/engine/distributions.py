@@ -50,6 +50,15 @@ class Flow(nn.Module):
         # while training (0 = continuous feature); see ``train_flow``.
         self.register_buffer("dequantization", torch.zeros(base.n_features))
 
+    @property
+    def ema_decay(self) -> float | None:
+        """Decay of the exponential moving average of the weights that
+        training validates and keeps, if the last layer asks for one (flow
+        matching: its noisy regression gradients leave the raw weights
+        jittering around a better average)."""
+        layers = self.transform.transforms if isinstance(self.transform, Compose) else []
+        return getattr(layers[-1], "ema_decay", None) if len(layers) else None
+
     def log_prob(self, x: Tensor) -> Tensor:
         z, ladj = self.transform(x)
         return self.base.log_prob(z) + ladj

@@ -63,8 +63,10 @@ class MADE(nn.Module):
     """Masked autoencoder for distribution estimation (Germain et al. 2015).
 
     Output ``[..., i, :]`` (``n_params`` values for feature ``i``) depends only
-    on input features ``0 .. i-1`` (the natural order; flows permute between
-    layers). Hidden degrees are assigned cyclically, so the masks are
+    on the features before ``i`` in ``order`` (a permutation of ``0 .. D-1``;
+    default the natural order). Stacked flows alternate orders in the masks
+    rather than permuting the data between layers, which saves a copy per
+    layer. Hidden degrees are assigned cyclically, so the masks are
     deterministic and every hidden unit is used.
     """
 
@@ -74,11 +76,16 @@ class MADE(nn.Module):
         n_params: int,
         hidden_units: Sequence[int],
         activation: type[nn.Module] = nn.ReLU,
+        order: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.n_features = n_features
         self.n_params = n_params
-        in_deg = torch.arange(1, n_features + 1)
+        # Degree of feature order[k] is k + 1.
+        in_deg = torch.empty(n_features, dtype=torch.long)
+        in_deg[order if order is not None else torch.arange(n_features)] = torch.arange(
+            1, n_features + 1
+        )
         # Hidden degrees in 1..D-1 (0 when D == 1, i.e. no input connection).
         span = max(n_features - 1, 1)
         low = min(n_features - 1, 1)

@@ -92,6 +92,28 @@ def _make_optimizer(params: list[Tensor], lr: float, weight_decay: float) -> tor
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+class _ExponentialAverage:
+    """Exponential moving average of parameters (Polyak averaging), updated
+    after every optimizer step; :meth:`swap` exchanges the live and the
+    averaged values in place."""
+
+    def __init__(self, params: list[Tensor], decay: float) -> None:
+        self.params = params
+        self.average = [p.detach().clone() for p in params]
+        self.weight = 1.0 - decay
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], self.weight)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        for p, a in zip(self.params, self.average, strict=True):
+            tmp = p.detach().clone()
+            p.copy_(a)
+            a.copy_(tmp)
+
+
 def _params_finite(flow: Flow) -> bool:
     # One host read for all parameters (each read waits for a GPU).
     return bool(torch.stack([torch.isfinite(p).all() for p in flow.parameters()]).all())
@@ -177,8 +199,8 @@ def train_flow(
         def dequantize(x: Tensor) -> Tensor:
             return x
 
-
     batch_loss = _batch_loss(flow, X_train, dequantize, noisy)
+    ema = _ExponentialAverage(params, flow.ema_decay) if flow.ema_decay else None
     _initialize_actnorm(flow, dequantize(X_train), generator)
     best_score = validation_score(flow, X_val) if X_val is not None else -math.inf
     if not math.isfinite(best_score) and X_val is not None:
@@ -197,6 +219,8 @@ def train_flow(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, clip_grad)
             optimizer.step()
+            if ema is not None:
+                ema.update()
             epoch_loss += loss.detach()
             if max_time is not None and time.monotonic() - start_time > max_time:
                 out_of_time = True
@@ -207,6 +231,8 @@ def train_flow(
         train_loss = float(epoch_loss) / n_done
         result.n_iter = epoch
         result.loss_curve.append(train_loss)
+        if ema is not None:
+            ema.swap()  # validate (and keep as best) the averaged weights
         val_score = validation_score(flow, X_val) if X_val is not None else None
 
         monitored = val_score if val_score is not None else -train_loss
@@ -230,6 +256,8 @@ def train_flow(
             best_score = monitored
             result.best_epoch = epoch
             best_state = copy.deepcopy(flow.state_dict())
+        if ema is not None:
+            ema.swap()
         if out_of_time:
             result.stop_reason = "max_time"
             break

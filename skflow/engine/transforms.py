@@ -186,6 +186,34 @@ class PiecewiseLinear(Transform):
         return x.T, ladj.sum(0)
 
 
+class LogTails(Transform):
+    """Identity within ``bound`` of zero, logarithmic beyond:
+    ``z = sign(x) (bound + log(1 + |x| - bound))`` for ``|x| > bound``.
+
+    The same map as a :class:`PiecewiseLinear` with knots at ``+-bound``, in
+    a few elementwise operations (it runs at every training step, after the
+    learned layers): a far-out input gets a large negative log-density
+    instead of the exponential blow-up of the layers before it squared.
+    """
+
+    def __init__(self, bound: float) -> None:
+        super().__init__()
+        if not bound > 0:
+            raise ValueError(f"LogTails bound must be positive, got {bound!r}.")
+        self.bound = float(bound)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        excess = (x.abs() - self.bound).clamp(min=0)
+        log_excess = torch.log1p(excess)
+        return x - x.sign() * (excess - log_excess), -log_excess.sum(-1)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        # Past MAX_TAIL units out, exp saturates (as in PiecewiseLinear).
+        excess = (z.abs() - self.bound).clamp(min=0, max=PiecewiseLinear.MAX_TAIL)
+        x = torch.where(excess > 0, z.sign() * (self.bound + torch.expm1(excess)), z)
+        return x, excess.sum(-1)
+
+
 class Permutation(Transform):
     """Reorder features; volume preserving."""
 
@@ -243,7 +271,8 @@ class AffineTransformer:
 
 class MaskedAutoregressive(Transform):
     """Autoregressive layer: coordinate ``i`` is transformed with parameters
-    computed by a MADE from coordinates ``< i`` (Papamakarios et al. 2017).
+    computed by a MADE from the coordinates before it in ``order`` (default:
+    ``0 .. i-1``; Papamakarios et al. 2017).
 
     ``forward`` (density direction) is one network pass; ``inverse``
     (sampling) needs ``D`` sequential passes, one per coordinate.
@@ -254,17 +283,19 @@ class MaskedAutoregressive(Transform):
         n_features: int,
         transformer: ElementwiseTransformer,
         hidden_units: Sequence[int],
+        order: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.transformer = transformer
-        self.made = MADE(n_features, transformer.n_params, hidden_units)
+        self.made = MADE(n_features, transformer.n_params, hidden_units, order=order)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z, ladj = self.transformer.forward(x, self.made(x))
         return z, ladj.sum(-1)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        # After pass k the first k coordinates are exact, so D passes suffice.
+        # After pass k the first k coordinates (in the MADE's order) are
+        # exact, so D passes suffice.
         x = torch.zeros_like(z)
         for _ in range(z.shape[-1]):
             x, ladj = self.transformer.inverse(z, self.made(x))

@@ -24,5 +24,7 @@ def build_iaf(n_features: int, *, n_layers: int, hidden_units: Sequence[int]) ->
     return reversing_stack(
         n_features,
         n_layers,
-        lambda: Inverse(MaskedAutoregressive(n_features, AffineTransformer(), hidden_units)),
+        lambda order: Inverse(
+            MaskedAutoregressive(n_features, AffineTransformer(), hidden_units, order)
+        ),
     )

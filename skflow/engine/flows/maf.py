@@ -1,8 +1,8 @@
 """Masked autoregressive flow (Papamakarios, Pavlakou & Murray 2017, arXiv:1705.07057).
 
 Each layer is an affine autoregressive map whose shift and log-scale come from
-a MADE; the feature order is reversed between layers so every coordinate gets
-conditioned on every other. Density: one pass per layer. Sampling: ``D``
+a MADE; the autoregressive order is reversed from one layer to the next so
+every coordinate gets conditioned on every other. Density: one pass per layer. Sampling: ``D``
 sequential passes per layer.
 """
 
@@ -11,30 +11,27 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from skflow.engine.transforms import (
     AffineTransformer,
     Compose,
     MaskedAutoregressive,
-    Permutation,
     Transform,
     batch_normed,
 )
 
 
 def reversing_stack(
-    n_features: int, n_layers: int, make_layer: Callable[[], Transform]
+    n_features: int, n_layers: int, make_layer: Callable[[Tensor | None], Transform]
 ) -> Transform:
-    """``n_layers`` layers from ``make_layer`` with the feature order reversed
-    between them, so that every coordinate gets conditioned on every other
-    (shared by the autoregressive families: maf, iaf, nsf)."""
+    """``n_layers`` autoregressive layers from ``make_layer(order)``, the
+    order alternating between natural (``None``) and reversed, so that every
+    coordinate gets conditioned on every other (shared by the autoregressive
+    families: maf, iaf, nsf). The reversal lives in the masks: no data is
+    permuted between layers."""
     reverse = torch.arange(n_features - 1, -1, -1)
-    layers: list[Transform] = []
-    for i in range(n_layers):
-        if i > 0:
-            layers.append(Permutation(reverse))
-        layers.append(make_layer())
-    return Compose(*layers)
+    return Compose(*(make_layer(reverse if i % 2 else None) for i in range(n_layers)))
 
 
 def build_maf(
@@ -46,8 +43,8 @@ def build_maf(
     return reversing_stack(
         n_features,
         n_layers,
-        lambda: batch_normed(
-            MaskedAutoregressive(n_features, AffineTransformer(), hidden_units),
+        lambda order: batch_normed(
+            MaskedAutoregressive(n_features, AffineTransformer(), hidden_units, order),
             n_features,
             batch_norm,
         ),

@@ -70,5 +70,7 @@ def build_nsf(
             )
         )
     return reversing_stack(
-        n_features, n_layers, lambda: MaskedAutoregressive(n_features, spline, hidden_units)
+        n_features,
+        n_layers,
+        lambda order: MaskedAutoregressive(n_features, spline, hidden_units, order),
     )
