@@ -159,6 +159,14 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         millions of rows ends in bounded time. Tables up to ~100,000 rows
         normally converge well within 15 minutes on a CPU. A fit that stops
         on time is not bit-reproducible. None means no limit.
+    compile : bool, default=False
+        Run the training steps through ``torch.compile``: a one-off
+        compilation (20-30 s on a CPU for a 5-layer MAF, less when torch's
+        on-disk cache already holds it), then steps about 1.4x faster on a
+        CPU (maf, measured in ``benchmarks/speed.py``). Worth it for fits
+        that take minutes. If compiling fails on this machine (no C++
+        compiler, an unsupported operation) training continues without it,
+        with a ``UserWarning``. Scoring and sampling are not compiled.
     dequantize : "auto", False or array-like of shape (n_features,), default="auto"
         Discrete features (integer codes, counts, ratings, a handful of
         levels) would let a continuous density grow without bound on their
@@ -291,6 +299,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         "device": [str, torch.device],
         "dtype": [StrOptions(set(_DTYPES))],
         "max_time": [None, Interval(Real, 0, None, closed="neither")],
+        "compile": ["boolean"],
         "dequantize": [StrOptions({"auto"}), Options(bool, {False}), "array-like"],
         "whiten": ["boolean"],
         "gaussianize": ["boolean"],
@@ -317,6 +326,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         device="auto",
         dtype="float32",
         max_time=900,
+        compile=False,
         dequantize="auto",
         whiten=True,
         gaussianize=True,
@@ -339,6 +349,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.max_time = max_time
+        self.compile = compile
         self.dequantize = dequantize
         self.whiten = whiten
         self.gaussianize = gaussianize
@@ -542,6 +553,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 generator=generator,
                 max_time=self.max_time,
                 on_epoch=on_epoch,
+                compile=self.compile,
             )
         self._warn_training(result)
 
@@ -566,6 +578,13 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         return self
 
     def _warn_training(self, result) -> None:
+        if result.compile_error is not None:
+            warnings.warn(
+                f"compile=True: torch.compile failed on this machine ({result.compile_error}); "
+                "trained without compilation. Set compile=False to skip the attempt.",
+                UserWarning,
+                stacklevel=3,
+            )
         if result.stop_reason == "diverged":
             warnings.warn(
                 f"Training of kind={self.kind!r} diverged (non-finite loss) at epoch "

@@ -220,3 +220,38 @@ def test_cuda_fit_then_cpu_pickle(moons):
     state = pickle.dumps(est)
     loaded = pickle.loads(state)
     np.testing.assert_allclose(loaded.score_samples(moons), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_failure_falls_back_with_a_warning(monkeypatch):
+    def broken_compile(fn, *args, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler found\nlong traceback")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    X = make_moons(n_samples=200, noise=0.1, random_state=0)[0]
+    params = dict(n_layers=2, hidden_units=8, max_iter=5, random_state=0)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C.. compiler found"):
+        compiled = FlowDensity(compile=True, **params).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        eager = FlowDensity(**params).fit(X)
+    # The fallback trains exactly as compile=False does.
+    np.testing.assert_allclose(compiled.score_samples(X), eager.score_samples(X), rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["maf", "nsf"])
+def test_compiled_training_matches_eager(kind):
+    # Same data and seed: the compiled steps compute the same loss up to
+    # float reassociation, so the fits end close (not bit-identical).
+    X = load_wine().data
+    params = dict(kind=kind, n_layers=2, max_iter=30, n_iter_no_change=100, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # compilation must not fall back
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        compiled = FlowDensity(compile=True, **params).fit(X)
+        eager = FlowDensity(**params).fit(X)
+    assert abs(compiled.score(X) - eager.score(X)) < 0.5
+    assert compiled.n_iter_ == eager.n_iter_ == 30

@@ -37,6 +37,7 @@ class TrainingResult:
     :meth:`Flow.training_loss`); ``validation_scores`` minus the validation
     loss after each epoch (empty without validation data). ``stop_reason`` is one of
     ``"converged"``, ``"max_iter"``, ``"max_time"`` or ``"diverged"``.
+    ``compile_error`` says why ``compile=True`` fell back to eager execution.
     """
 
     loss_curve: list[float] = field(default_factory=list)
@@ -44,6 +45,7 @@ class TrainingResult:
     n_iter: int = 0
     best_epoch: int = 0
     stop_reason: str = "max_iter"
+    compile_error: str | None = None
 
 
 def eval_chunk(device: torch.device) -> int:
@@ -119,33 +121,69 @@ def _params_finite(flow: Flow) -> bool:
     return bool(torch.stack([torch.isfinite(p).all() for p in flow.parameters()]).all())
 
 
-def _batch_loss(
+def _split_loss(
     flow: Flow, X: Tensor, dequantize: Callable[[Tensor], Tensor], noisy: bool
-) -> Callable[[Tensor], Tensor]:
-    """The mean training loss of rows ``X[idx]`` as a function of ``idx``.
+) -> tuple[Callable[[Tensor], tuple[Tensor, Tensor]], Callable[[Tensor, Tensor], Tensor]]:
+    """The training loss of rows ``X[idx]`` in two parts: ``inputs(idx)``
+    gives the rows mapped through the fixed layers in front of the flow (no
+    parameters: standardization, whitening, marginal Gaussianization) with
+    their log-determinant, and ``loss(z, ladj)`` the mean loss of the trained
+    layers on them (what ``compile=True`` compiles).
 
-    The estimator puts fixed layers (no parameters: standardization,
-    whitening, marginal Gaussianization) in front of the trained ones.
-    Without dequantization noise their output never changes, so the rows go
-    through them once here instead of at every step (about 15% of a small
-    MAF's step); their log-determinant, a constant per row, is added back so
-    the loss stays the negative log-likelihood.
+    Without dequantization noise the fixed layers' output never changes, so
+    the rows go through them once here instead of at every step (about 15%
+    of a small MAF's step). A last layer with an objective of its own (see
+    :meth:`Flow.training_loss`) gets the log-determinant of the layers in
+    front of it.
     """
     layers = list(flow.transform.transforms) if isinstance(flow.transform, Compose) else []
     n_fixed = 0
     while n_fixed < len(layers) - 1 and next(layers[n_fixed].parameters(), None) is None:
         n_fixed += 1
-    # A last layer with its own objective (see Flow.training_loss) wants the
-    # log-determinant of the layers in front of it: keep the plain path.
-    if noisy or n_fixed == 0 or hasattr(layers[-1], "training_loss"):
-        return lambda idx: flow.training_loss(dequantize(X[idx])).mean()
     fixed = Compose(*layers[:n_fixed])
-    body = Flow(Compose(*layers[n_fixed:]), flow.base)
-    with torch.no_grad():
-        mapped = [fixed(X[i : i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)]
-    Z = torch.cat([z for z, _ in mapped])
-    fixed_ladj = torch.cat([ladj for _, ladj in mapped])
-    return lambda idx: (body.training_loss(Z[idx]) - fixed_ladj[idx]).mean()
+    trained = layers[n_fixed:] if layers else [flow.transform]
+    own_loss = getattr(trained[-1], "training_loss", None)
+
+    def loss(z: Tensor, ladj: Tensor) -> Tensor:
+        for layer in trained if own_loss is None else trained[:-1]:
+            z, layer_ladj = layer(z)
+            ladj = ladj + layer_ladj
+        if own_loss is None:
+            return -(flow.base.log_prob(z) + ladj).mean()
+        return own_loss(z, ladj).mean()
+
+    @torch.no_grad()
+    def mapped(x: Tensor) -> tuple[Tensor, Tensor]:
+        return fixed(x) if n_fixed else (x, x.new_zeros(x.shape[0]))
+
+    if noisy:
+        return lambda idx: mapped(dequantize(X[idx])), loss
+    parts = [mapped(X[i : i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)]
+    Z = torch.cat([z for z, _ in parts])
+    fixed_ladj = torch.cat([ladj for _, ladj in parts])
+    return lambda idx: (Z[idx], fixed_ladj[idx]), loss
+
+
+def _compile_soft(
+    loss: Callable[[Tensor, Tensor], Tensor],
+    inputs: tuple[Tensor, Tensor],
+    params: list[Tensor],
+    result: TrainingResult,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``torch.compile`` of the training loss, or the loss itself (with the
+    reason in ``result.compile_error``) when compiling fails on this machine
+    (no C++ compiler, an unsupported platform or operation). Compilation
+    happens at the first forward and backward pass, so both are tried here
+    on one minibatch."""
+    try:
+        compiled = torch.compile(loss)
+        compiled(*inputs).backward()
+    except Exception as exc:  # any failure inside torch's compiler stack
+        result.compile_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+        compiled = loss
+    for p in params:
+        p.grad = None
+    return compiled
 
 
 def train_flow(
@@ -163,6 +201,7 @@ def train_flow(
     generator: torch.Generator | None = None,
     max_time: float | None = None,
     on_epoch: Callable[[int, float, float | None], None] | None = None,
+    compile: bool = False,
 ) -> TrainingResult:
     """Fit ``flow`` to ``X_train`` by maximum likelihood, in place.
 
@@ -171,7 +210,9 @@ def train_flow(
     weights of the best validation epoch are restored. Without it, the same
     rule applies to the training loss and the final weights are kept. A
     non-finite loss or parameter stops training and restores the best weights
-    seen so far (``stop_reason="diverged"``).
+    seen so far (``stop_reason="diverged"``). ``compile=True`` runs the
+    training loss through ``torch.compile`` (a one-off compilation, then
+    faster steps), falling back to eager execution if that fails.
     """
     result = TrainingResult()
     params = [p for p in flow.parameters() if p.requires_grad]
@@ -199,9 +240,13 @@ def train_flow(
         def dequantize(x: Tensor) -> Tensor:
             return x
 
-    batch_loss = _batch_loss(flow, X_train, dequantize, noisy)
+    batch_inputs, batch_loss = _split_loss(flow, X_train, dequantize, noisy)
     ema = _ExponentialAverage(params, flow.ema_decay) if flow.ema_decay else None
     _initialize_actnorm(flow, dequantize(X_train), generator)
+    if compile:
+        flow.train()
+        first = batch_inputs(torch.arange(batch_size, device=X_train.device))
+        batch_loss = _compile_soft(batch_loss, first, params, result)
     best_score = validation_score(flow, X_val) if X_val is not None else -math.inf
     if not math.isfinite(best_score) and X_val is not None:
         best_score = -math.inf
@@ -214,7 +259,7 @@ def train_flow(
         out_of_time = False
         for b in range(n_batches):
             idx = perm[b * batch_size : (b + 1) * batch_size]
-            loss = batch_loss(idx)
+            loss = batch_loss(*batch_inputs(idx))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, clip_grad)
