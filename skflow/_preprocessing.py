@@ -159,10 +159,17 @@ def gaussianizing_knots(
     n, n_features = X.shape
     rng = np.random.RandomState(seed)
     draws = max(1, min(8, _MAX_POOLED // max(n, 1)))
-    pooled = np.stack([X + (rng.uniform(size=X.shape) - 0.5) * widths for _ in range(draws)])
+    noise = (rng.uniform(size=(draws, *X.shape)) - 0.5) * widths
+    # A continuous feature (width 0) has nothing to pool: one copy, whose
+    # quantiles and held-out means equal those of the identical copies.
+    pooled = [
+        X[None, :, j] + noise[:, :, j] if widths[j] > 0 else X[None, :, j]
+        for j in range(n_features)
+    ]
     if n < MIN_QUANTILE_ROWS:
         # Too few rows to see a shape (and to place quantile knots): standardize.
-        mean, spread = pooled.mean(axis=(0, 1)), pooled.std(axis=(0, 1))
+        mean = np.array([p.mean() for p in pooled])
+        spread = np.array([p.std() for p in pooled])
         spread = np.where(spread > 0, spread, 1.0)
         z_knots = np.broadcast_to(np.linspace(-10.0, 10.0, N_KNOTS), (n_features, N_KNOTS))
         return mean[:, None] + spread[:, None] * z_knots, z_knots.copy()
@@ -171,7 +178,7 @@ def gaussianizing_knots(
     x_knots = np.empty((n_features, N_KNOTS))
     z_knots = np.empty((n_features, N_KNOTS))
     for j in range(n_features):
-        halves = [pooled[:, folds == k, j] for k in (0, 1)]
+        halves = [pooled[j][:, folds == k] for k in (0, 1)]
         scores = [0.0] * len(candidates)
         if min(h.shape[1] for h in halves) >= 2:
             for k in (0, 1):
@@ -185,5 +192,5 @@ def gaussianizing_knots(
                     scores[c] += _log_marginal(held, x_k, z_c, idx).mean()
         best = int(np.argmax(scores))
         shrink = SHRINK_ROWS / (SHRINK_ROWS + n) if best == 0 else candidates[best]
-        x_knots[j], z_knots[j] = _quantile_map(pooled[:, :, j].ravel(), n, shrink)
+        x_knots[j], z_knots[j] = _quantile_map(pooled[j].ravel(), n, shrink)
     return x_knots, z_knots
