@@ -164,9 +164,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         compilation (20-30 s on a CPU for a 5-layer MAF, less when torch's
         on-disk cache already holds it), then steps about 1.4x faster on a
         CPU (maf, measured in ``benchmarks/speed.py``). Worth it for fits
-        that take minutes. If compiling fails on this machine (no C++
-        compiler, an unsupported operation) training continues without it,
-        with a ``UserWarning``. Scoring and sampling are not compiled.
+        that take minutes. Supported by every kind but ``"glow"`` and
+        ``"cnf"`` with ``training="mle"``; for those, or if compiling fails on
+        this machine (no C++ compiler, an unsupported operation), training
+        continues without it, with a ``UserWarning``. Scoring and sampling
+        are not compiled.
     dequantize : "auto", False or array-like of shape (n_features,), default="auto"
         Discrete features (integer codes, counts, ratings, a handful of
         levels) would let a continuous density grow without bound on their
@@ -580,8 +582,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     def _warn_training(self, result) -> None:
         if result.compile_error is not None:
             warnings.warn(
-                f"compile=True: torch.compile failed on this machine ({result.compile_error}); "
-                "trained without compilation. Set compile=False to skip the attempt.",
+                f"compile=True: {result.compile_error}; trained without compilation. "
+                "Set compile=False to skip the attempt.",
                 UserWarning,
                 stacklevel=3,
             )

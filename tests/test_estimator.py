@@ -255,3 +255,21 @@ def test_compiled_training_matches_eager(kind):
         eager = FlowDensity(**params).fit(X)
     assert abs(compiled.score(X) - eager.score(X)) < 0.5
     assert compiled.n_iter_ == eager.n_iter_ == 30
+
+
+@pytest.mark.parametrize(
+    "kind, options, layer",
+    [("glow", None, "ActNorm"), ("cnf", {"training": "mle"}, "ContinuousFlow")],
+)
+def test_compile_unsupported_layers_train_eagerly(kind, options, layer, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("torch.compile must not be called for these layers")
+
+    monkeypatch.setattr(torch, "compile", never)
+    X = make_moons(n_samples=100, noise=0.1, random_state=0)[0]
+    est = FlowDensity(
+        kind, n_layers=1, hidden_units=8, max_iter=2, compile=True, kind_options=options
+    )
+    with pytest.warns(UserWarning, match=f"not supported for .*{layer}"):
+        est.fit(X)
+    assert np.isfinite(est.score_samples(X)).all()

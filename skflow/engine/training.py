@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -176,10 +177,14 @@ def _compile_soft(
     happens at the first forward and backward pass, so both are tried here
     on one minibatch."""
     try:
-        compiled = torch.compile(loss)
-        compiled(*inputs).backward()
+        with warnings.catch_warnings():
+            # torch's compiler stack warns about its own deprecated internals.
+            warnings.filterwarnings("ignore", message=".*torch.jit.script_method.*")
+            compiled = torch.compile(loss)
+            compiled(*inputs).backward()
     except Exception as exc:  # any failure inside torch's compiler stack
-        result.compile_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+        first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        result.compile_error = f"torch.compile failed ({type(exc).__name__}: {first_line})"
         compiled = loss
     for p in params:
         p.grad = None
@@ -243,7 +248,12 @@ def train_flow(
     batch_inputs, batch_loss = _split_loss(flow, X_train, dequantize, noisy)
     ema = _ExponentialAverage(params, flow.ema_decay) if flow.ema_decay else None
     _initialize_actnorm(flow, dequantize(X_train), generator)
-    if compile:
+    blocking = sorted(
+        {type(m).__name__ for m in flow.modules() if not getattr(m, "compilable", True)}
+    )
+    if compile and blocking:
+        result.compile_error = f"torch.compile is not supported for {', '.join(blocking)} layers"
+    elif compile:
         flow.train()
         first = batch_inputs(torch.arange(batch_size, device=X_train.device))
         batch_loss = _compile_soft(batch_loss, first, params, result)

@@ -23,7 +23,13 @@ from skflow.engine.nn import MADE, MLP
 
 
 class Transform(nn.Module):
-    """Base class: an invertible map with exact log|det J| in both directions."""
+    """Base class: an invertible map with exact log|det J| in both directions.
+
+    ``compilable`` is False for layers that ``train_flow(compile=True)`` must
+    not hand to ``torch.compile`` (tried and found to break or crash it).
+    """
+
+    compilable: bool = True
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -425,6 +431,9 @@ class ActNorm(ElementwiseAffine):
     current parameters define, a valid bijection like any other.
     """
 
+    # torch 2.13's compiler crashed the process on Glow's ActNorm + LU stack.
+    compilable = False
+
     def __init__(self, n_channels: int) -> None:
         super().__init__(n_channels)
         self.register_buffer("initialized", torch.tensor(False))
@@ -455,6 +464,8 @@ class LULinear(Transform):
     ``log|det| = H * W * sum(log_diag)``. Starts at a random rotation, as
     in Glow, or with ``rotation=False`` at the identity.
     """
+
+    compilable = False  # see ActNorm
 
     def __init__(self, n_channels: int, rotation: bool = True) -> None:
         super().__init__()

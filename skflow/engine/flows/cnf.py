@@ -176,6 +176,12 @@ class ContinuousFlow(Transform):
     flow matching, none for ``mle``; 0: no averaging).
     """
 
+    @property
+    def compilable(self) -> bool:
+        # Flow matching trains on one network pass; FFJORD's adaptive ODE
+        # solve is data-dependent control flow that compiling cannot fuse.
+        return self.training_method == "flow_matching"
+
     def __init__(
         self,
         n_features: int,
