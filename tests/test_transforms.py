@@ -8,6 +8,8 @@ autograd Jacobian in both directions, and pass gradients to every parameter.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -179,6 +181,16 @@ def test_log_tails_is_piecewise_linear_with_two_knots():
         expected, got = getattr(general, direction)(x), getattr(fast, direction)(x)
         torch.testing.assert_close(got[0], expected[0])
         torch.testing.assert_close(got[1], expected[1])
+
+
+def test_log_tails_keep_huge_inputs_far_out_in_float32():
+    x = torch.tensor([[1e30, -1e30, 3e6, 2.0]])
+    z, ladj = LogTails(5.0)(x)
+    expected = torch.tensor(
+        [[5 + math.log1p(1e30 - 5), -5 - math.log1p(1e30 - 5), 5 + math.log1p(3e6 - 5), 2.0]]
+    )
+    torch.testing.assert_close(z, expected)
+    assert torch.isfinite(ladj).all() and ladj.item() < -100
 
 
 def test_reversed_order_masks_condition_on_later_features():

@@ -211,7 +211,9 @@ class LogTails(Transform):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         excess = (x.abs() - self.bound).clamp(min=0)
         log_excess = torch.log1p(excess)
-        return x - x.sign() * (excess - log_excess), -log_excess.sum(-1)
+        # Not x - sign(x) (excess - log_excess): that cancels to 0 for huge x.
+        z = torch.where(excess > 0, x.sign() * (self.bound + log_excess), x)
+        return z, -log_excess.sum(-1)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         # Past MAX_TAIL units out, exp saturates (as in PiecewiseLinear).
