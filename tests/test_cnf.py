@@ -260,8 +260,8 @@ def test_bad_options_say_what_to_do(options, match):
 
 def test_flow_matching_keeps_the_weight_average(monkeypatch):
     # Training validates and keeps the exponential average of the weights:
-    # with decay 0.999 over few steps the kept weights stay near their
-    # zero-initialized output layer, without averaging they move away.
+    # over a few steps the average lags behind the raw weights, towards the
+    # zero-initialized output layer.
     from skflow.engine import training as training_module
 
     X = np.random.default_rng(0).normal(size=(200, 2)) * [1.0, 3.0]
@@ -280,7 +280,7 @@ def test_flow_matching_keeps_the_weight_average(monkeypatch):
 
     averaged, raw = last_layer_norm(0.999), last_layer_norm(0.0)
     assert len(swaps) == 2 * 5  # to the average and back, every epoch, only when asked
-    assert averaged < 0.5 * raw
+    assert averaged < 0.95 * raw
 
 
 def test_ema_average_and_swap():
@@ -290,9 +290,9 @@ def test_ema_average_and_swap():
     ema = _ExponentialAverage([p], decay=0.5)
     with torch.no_grad():
         p.fill_(4.0)
-    ema.update()  # average: 0 + 0.5 * (4 - 0) = 2
+    ema.update()  # decay min(0.5, 2/11) = 2/11: average 4 * 9/11
     ema.swap()
-    torch.testing.assert_close(p.detach(), torch.full((3,), 2.0))
+    torch.testing.assert_close(p.detach(), torch.full((3,), 4 * 9 / 11))
     ema.swap()
     torch.testing.assert_close(p.detach(), torch.full((3,), 4.0))
 
@@ -308,7 +308,7 @@ def _held_out_ll(training, X_train, X_test, **params):
 # Flow matching's loss plateaus within its own noise long before its
 # likelihood does: it gets more patience (and more, cheaper epochs).
 SLOW_FIT = {
-    "flow_matching": {"max_iter": 600, "n_iter_no_change": 100, "learning_rate": 3e-3},
+    "flow_matching": {"max_iter": 1000, "n_iter_no_change": 100, "learning_rate": 3e-3},
     "mle": {"max_iter": 60, "learning_rate": 3e-3},
 }
 

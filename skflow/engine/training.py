@@ -97,17 +97,24 @@ def _make_optimizer(params: list[Tensor], lr: float, weight_decay: float) -> tor
 
 class _ExponentialAverage:
     """Exponential moving average of parameters (Polyak averaging), updated
-    after every optimizer step; :meth:`swap` exchanges the live and the
-    averaged values in place."""
+    after every optimizer step, with the decay warming up from 0.18 (step 1)
+    to ``decay``; :meth:`swap` exchanges the live and the averaged values in
+    place."""
 
     def __init__(self, params: list[Tensor], decay: float) -> None:
         self.params = params
         self.average = [p.detach().clone() for p in params]
-        self.weight = 1.0 - decay
+        self.decay = decay
+        self.steps = 0
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], self.weight)
+        # Warm-up: the decay grows as (1 + k) / (10 + k) towards ``decay``,
+        # so that early in training the average is not dominated by the
+        # initial weights (a fixed 0.999 lags ~1000 steps behind).
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - decay)
 
     @torch.no_grad()
     def swap(self) -> None:
