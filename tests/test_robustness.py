@@ -201,9 +201,13 @@ def test_extreme_query_is_very_unlikely_never_nan(kind, dtype):
     # tails make that tens of nats at 1e10, not millions), or the limit -inf.
     assert (scores < est.score_samples(X).min() - 30).all()
     assert (est.predict(far) == -1).all()
-    # Rows are scored independently: an extreme row does not spoil its chunk.
+    # Rows are scored independently: an extreme row does not spoil its chunk
+    # (cnf: an adaptive solver picks one step sequence per batch, so scores
+    # move within its tolerance, 1e-5, with the other rows; documented).
     np.testing.assert_allclose(
-        est.score_samples(np.r_[X[:3], far[:1]])[:3], est.score_samples(X[:3]), rtol=1e-6
+        est.score_samples(np.r_[X[:3], far[:1]])[:3],
+        est.score_samples(X[:3]),
+        rtol=1e-4 if kind == "cnf" else 1e-6,
     )
 
 
