@@ -162,7 +162,7 @@ def _fit(args: argparse.Namespace) -> None:
         for opt in _FIT_OPTIONS
         if getattr(args, opt.replace("-", "_")) is not None
     }
-    est = FlowDensity(kind=args.kind, verbose=args.verbose, **params)
+    est = FlowDensity(kind=args.kind, verbose=args.verbose, compile=args.compile, **params)
     start = time.perf_counter()
     est.fit(X)
     seconds = time.perf_counter() - start
@@ -261,6 +261,12 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
     )
     for opt, (type_, help_) in _FIT_OPTIONS.items():
         fit.add_argument(f"--{opt}", type=type_, help=help_, metavar=opt.split("-")[-1].upper())
+    fit.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the training steps with torch.compile (faster epochs after a one-off "
+        "compilation of seconds; for long fits)",
+    )
     fit.add_argument(
         "-v", "--verbose", action="count", default=0, help="progress bar (-vv: a line per epoch)"
     )

@@ -42,6 +42,17 @@ def test_fit_writes_a_model_that_matches_the_python_api(files, capsys):
     np.testing.assert_allclose(est.score_samples(query), direct.score_samples(query), rtol=1e-6)
 
 
+def test_fit_compile_flag_reaches_the_estimator(files, tmp_path, monkeypatch, capsys):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: calls.append(fn) or fn)
+    model = tmp_path / "compiled.skflow"
+    assert main(["fit", str(files / "train.csv"), "--out", str(model), "--compile", *FAST]) == 0
+    assert calls and FlowDensity.load(model).compile is True
+    assert FlowDensity.load(files / "model.skflow").compile is False
+
+
 def test_score_writes_log_density_and_outlier_flag(files, capsys):
     out = files / "scores.csv"
     assert (
