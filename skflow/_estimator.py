@@ -161,10 +161,10 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         on time is not bit-reproducible. None means no limit.
     compile : bool, default=False
         Run the training steps through ``torch.compile``: a one-off
-        compilation (20-30 s on a CPU for a 5-layer MAF, less when torch's
-        on-disk cache already holds it), then steps about 1.4x faster on a
-        CPU (maf, measured in ``benchmarks/speed.py``). Worth it for fits
-        that take minutes. Supported by every kind but ``"glow"`` and
+        compilation (7-25 s on a CPU for the first fit in a process, 1-3 s
+        when torch's on-disk cache already holds it), then steps 1.3x (maf)
+        to 2.5x (nsf) faster on a CPU (``benchmarks/speed.py``). Worth it
+        for fits that take minutes. Supported by every kind but ``"glow"`` and
         ``"cnf"`` with ``training="mle"``; for those, or if compiling fails on
         this machine (no C++ compiler, an unsupported operation), training
         continues without it, with a ``UserWarning``. Scoring and sampling

@@ -271,15 +271,24 @@ def test_flow_matching_keeps_the_weight_average(monkeypatch):
         training_module._ExponentialAverage, "swap", lambda self: swaps.append(1) or swap(self)
     )
 
-    def last_layer_norm(decay):
-        est = FlowDensity("cnf", max_iter=5, random_state=0, kind_options={"ema_decay": decay}).fit(
-            X
-        )
+    def last_layer_norm(decay, early_stopping=True):
+        est = FlowDensity(
+            "cnf",
+            max_iter=5,
+            early_stopping=early_stopping,
+            random_state=0,
+            kind_options={"ema_decay": decay},
+        ).fit(X)
         field = est.flow_.transform.transforms[-1].blocks[0].field
         return float(list(field.parameters())[-2].norm())
 
     averaged, raw = last_layer_norm(0.999), last_layer_norm(0.0)
     assert len(swaps) == 2 * 5  # to the average and back, every epoch, only when asked
+    assert averaged < 0.95 * raw
+    # Without validation the final weights are kept: the averaged ones.
+    swaps.clear()
+    averaged, raw = last_layer_norm(0.999, False), last_layer_norm(0.0, False)
+    assert len(swaps) == 2 * 5 + 1
     assert averaged < 0.95 * raw
 
 

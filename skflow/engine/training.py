@@ -328,5 +328,7 @@ def train_flow(
             break
     if X_val is not None and result.stop_reason != "diverged":
         flow.load_state_dict(best_state)
+    elif ema is not None and result.stop_reason != "diverged":
+        ema.swap()  # without validation, keep the averaged final weights
     flow.eval()
     return result

@@ -2,8 +2,8 @@
 
 Each layer is an affine autoregressive map whose shift and log-scale come from
 a MADE; the autoregressive order is reversed from one layer to the next so
-every coordinate gets conditioned on every other. Density: one pass per layer. Sampling: ``D``
-sequential passes per layer.
+every coordinate gets conditioned on every other. Density: one pass per
+layer. Sampling: ``D`` sequential passes per layer.
 """
 
 from __future__ import annotations
