@@ -10,7 +10,7 @@ from skflow import FlowDensity
 from skflow.engine import Flow, StandardNormal, build_transform
 from skflow.engine.flows.planar import Planar, solve_planar
 from skflow.engine.nn import MADE
-from skflow.engine.splines import RationalQuadraticSplineTransformer
+from skflow.engine.splines import RationalQuadraticSplineTransformer, _softmax
 
 BOUND = 3.0
 # The fits here stop at a small max_iter on purpose (speed); their checks hold anyway.
@@ -67,6 +67,23 @@ def test_spline_round_trip_inside_outside_and_at_knots(dtype):
     assert bool((z[:, :-6].abs() <= BOUND + 1e-4 + 1e-6).all())
     torch.testing.assert_close(z[:, -4:], x[:, -4:])
     assert bool((ladj[:, -4:] == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spelled_out_softmax_matches_torch_with_gradients(dtype):
+    # Large logits too: the maximum is subtracted before exp (no overflow).
+    gen = torch.Generator().manual_seed(0)
+    raw = (
+        torch.randn(64, 5, 8, generator=gen, dtype=dtype)
+        * torch.tensor([1.0, 50.0, 500.0, 1e-3, 10.0], dtype=dtype)[:, None]
+    )
+    mine = raw.clone().requires_grad_()
+    ref = raw.clone().requires_grad_()
+    weights = torch.randn(64, 5, 8, generator=gen, dtype=dtype)
+    (_softmax(mine) * weights).sum().backward()
+    (torch.softmax(ref, dim=-1) * weights).sum().backward()
+    torch.testing.assert_close(_softmax(raw), torch.softmax(raw, dim=-1))
+    torch.testing.assert_close(mine.grad, ref.grad)
 
 
 def test_spline_is_smooth_at_the_boundaries():
