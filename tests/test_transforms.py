@@ -62,6 +62,8 @@ LAYERS = {
     ),
     "log_tails": lambda d: LogTails(0.5),
     "coupling": lambda d: Coupling(torch.arange(d) % 2 == 0, AffineTransformer(), HIDDEN),
+    # Unevenly spaced coordinates (read through index tensors, not strided views).
+    "coupling_uneven_mask": lambda d: Coupling(torch.arange(d) == 2, AffineTransformer(), HIDDEN),
     "inverse": lambda d: Inverse(MaskedAutoregressive(d, AffineTransformer(), HIDDEN)),
     "spline_autoregressive": lambda d: MaskedAutoregressive(
         d, RationalQuadraticSplineTransformer(n_bins=5, tail_bound=2.0), HIDDEN
