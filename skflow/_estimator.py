@@ -162,8 +162,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     compile : bool, default=False
         Run the training steps through ``torch.compile``: a one-off
         compilation (7-25 s on a CPU for the first fit in a process, 1-3 s
-        when torch's on-disk cache already holds it), then steps 1.4x (maf)
-        to 1.9x (nsf) faster on a CPU (``benchmarks/speed.py``). Worth it
+        when torch's on-disk cache already holds it), then steps 1.3x (maf)
+        to 2x (nsf) faster on a CPU (``benchmarks/speed.py``). Worth it
         for fits that take minutes. Supported by every kind but ``"glow"`` and
         ``"cnf"`` with ``training="mle"``; for those, or if compiling fails on
         this machine (no C++ compiler, an unsupported operation), training
