@@ -102,8 +102,10 @@ class _ExponentialAverage:
     place."""
 
     def __init__(self, params: list[Tensor], decay: float) -> None:
-        self.params = params
-        self.average = [p.detach().clone() for p in params]
+        # Detached views share the parameters' storage, so they follow the
+        # optimizer's in-place steps: made once, not at every update.
+        self.params = [p.detach() for p in params]
+        self.average = [p.clone() for p in self.params]
         self.decay = decay
         self.steps = 0
 
@@ -114,12 +116,12 @@ class _ExponentialAverage:
         # initial weights (a fixed 0.999 lags ~1000 steps behind).
         self.steps += 1
         decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - decay)
+        torch._foreach_lerp_(self.average, self.params, 1.0 - decay)
 
     @torch.no_grad()
     def swap(self) -> None:
         for p, a in zip(self.params, self.average, strict=True):
-            tmp = p.detach().clone()
+            tmp = p.clone()
             p.copy_(a)
             a.copy_(tmp)
 
