@@ -233,7 +233,12 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         draws), which is far cheaper than an ODE solve per epoch;
         :meth:`score` gives their log-likelihood.
     best_validation_score_ : float or None
-        Best validation score (the restored weights').
+        Validation score of the weights kept (None without early stopping):
+        the best epoch's, or the starting weights' when no epoch beat them.
+    best_epoch_ : int
+        Epoch whose weights were kept; 0 means no epoch improved on the
+        starting point (the fixed preprocessing with an untrained flow, which
+        fit warns about).
     n_iter_ : int
         Number of epochs run.
     hidden_units_ : tuple of int
@@ -563,9 +568,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         self.device_ = device
         self.loss_curve_ = result.loss_curve
         self.validation_scores_ = result.validation_scores if self.early_stopping else None
-        self.best_validation_score_ = (
-            max(result.validation_scores, default=None) if self.early_stopping else None
-        )
+        self.best_validation_score_ = result.best_score if self.early_stopping else None
+        self.best_epoch_ = result.best_epoch
         self.n_iter_ = result.n_iter
         self.hidden_units_ = hidden_units
         self.dequantization_ = widths
@@ -585,7 +589,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 f"compile=True: {result.compile_error}; trained without compilation. "
                 "Set compile=False to skip the attempt.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         if result.stop_reason == "diverged":
             warnings.warn(
@@ -593,7 +597,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 f"{result.n_iter}; the weights of epoch {result.best_epoch} were restored. "
                 "Try a smaller learning_rate, fewer n_layers or dtype='float64'.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         elif result.stop_reason == "max_time":
             warnings.warn(
@@ -601,14 +605,30 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 f"after {result.n_iter} epochs, keeping the best weights so far; raise "
                 "max_time (None: no limit) to train to convergence.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         elif result.stop_reason == "max_iter":
+            kept = (
+                " No epoch has beaten the starting point (the fixed preprocessing with an "
+                "untrained flow) yet, so that was kept."
+                if result.best_epoch == 0
+                else ""
+            )
             warnings.warn(
                 f"FlowDensity reached max_iter={self.max_iter} epochs before the "
-                "monitored log-likelihood stopped improving; consider increasing max_iter.",
+                f"monitored log-likelihood stopped improving; consider increasing max_iter.{kept}",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
+            )
+        elif result.best_epoch == 0:
+            warnings.warn(
+                f"None of the {result.n_iter} epochs improved the validation score of the "
+                "starting point (the fixed preprocessing with an untrained flow), so that "
+                "was kept: the flow learned nothing. A too large learning_rate (here "
+                f"{self.learning_rate:g}) is the usual cause; data that the preprocessing "
+                "alone already fits (e.g. Gaussian) the other.",
+                ConvergenceWarning,
+                stacklevel=4,
             )
 
     def _check_invertibility(self, X: np.ndarray, rng: np.random.RandomState) -> float:
@@ -638,7 +658,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 "samples are unreliable. Try dtype='float64', a smaller learning_rate "
                 "or fewer n_layers.",
                 InvertibilityWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         return error
 

@@ -41,7 +41,9 @@ def test_basic_api(kind, moons):
     assert est.sample(0).shape == (0, 2)
     assert est.n_features_in_ == 2 and est.n_iter_ == len(est.loss_curve_)
     assert len(est.validation_scores_) == est.n_iter_
-    assert est.best_validation_score_ == max(est.validation_scores_)
+    assert est.best_validation_score_ >= max(est.validation_scores_)
+    if est.best_epoch_:  # else the starting point was kept
+        assert est.best_validation_score_ == est.validation_scores_[est.best_epoch_ - 1]
     assert est.device_ == torch.device("cpu")
 
 
@@ -49,6 +51,21 @@ def test_best_weights_are_restored(moons):
     est = FlowDensity(**{**FAST, "max_iter": 40}).fit(moons)
     # The kept weights are those of the best validation epoch, so rescoring
     # the validation rows reproduces the best validation score.
+    rng = np.random.RandomState(0)
+    rng.randint(np.iinfo(np.int32).max)
+    val = moons[rng.permutation(len(moons))[:40]]
+    assert est.score(val) == pytest.approx(est.best_validation_score_, abs=1e-4)
+
+
+def test_untrained_start_kept_is_reported(moons):
+    """With a learning rate so large that no epoch beats the starting point,
+    fit says so (pointing at the caller's line, not scikit-learn's), keeps
+    the start, and reports its validation score, not a worse epoch's."""
+    with pytest.warns(ConvergenceWarning, match="None of the 20 epochs improved") as record:
+        est = FlowDensity(learning_rate=1.0, max_iter=60, random_state=0).fit(moons)
+    assert {w.filename for w in record} == {__file__}
+    assert est.best_epoch_ == 0
+    assert est.best_validation_score_ > max(est.validation_scores_)
     rng = np.random.RandomState(0)
     rng.randint(np.iinfo(np.int32).max)
     val = moons[rng.permutation(len(moons))[:40]]
@@ -168,6 +185,10 @@ def test_max_iter_warning(moons):
         warnings.simplefilter("error", ConvergenceWarning)
         with pytest.raises(ConvergenceWarning, match="max_iter"):
             FlowDensity(n_layers=1, hidden_units=4, max_iter=1, random_state=0).fit(moons)
+    # Stopped by max_iter before any epoch beat the start: both are said.
+    with pytest.warns(ConvergenceWarning, match="increasing max_iter. No epoch has beaten"):
+        est = FlowDensity(kind="realnvp", **FAST).fit(moons)
+    assert est.best_epoch_ == 0
 
 
 def test_max_time_stops_training(moons):

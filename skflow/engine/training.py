@@ -36,8 +36,12 @@ class TrainingResult:
     ``loss_curve`` holds the mean training loss of each epoch (negative
     log-likelihood, unless the flow has its own objective: see
     :meth:`Flow.training_loss`); ``validation_scores`` minus the validation
-    loss after each epoch (empty without validation data). ``stop_reason`` is one of
-    ``"converged"``, ``"max_iter"``, ``"max_time"`` or ``"diverged"``.
+    loss after each epoch (empty without validation data). ``best_epoch`` is
+    the epoch whose weights were kept (0: the starting weights, which no
+    epoch beat on validation data) and ``best_score`` its monitored score
+    (validation score, or minus the training loss without validation data).
+    ``stop_reason`` is one of ``"converged"``, ``"max_iter"``, ``"max_time"``
+    or ``"diverged"``.
     ``compile_error`` says why ``compile=True`` fell back to eager execution.
     """
 
@@ -45,6 +49,7 @@ class TrainingResult:
     validation_scores: list[float] = field(default_factory=list)
     n_iter: int = 0
     best_epoch: int = 0
+    best_score: float = -math.inf
     stop_reason: str = "max_iter"
     compile_error: str | None = None
 
@@ -341,6 +346,7 @@ def train_flow(
         if stall >= n_iter_no_change:
             result.stop_reason = "converged"
             break
+    result.best_score = best_score
     if X_val is not None and result.stop_reason != "diverged":
         flow.load_state_dict(best_state)
     elif ema is not None and result.stop_reason != "diverged":
