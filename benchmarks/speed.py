@@ -39,7 +39,7 @@ wall time it does not grow when other jobs share the cores.
 Run:  python -m benchmarks.speed [--rounds 3] [--threads 1] [--skip-default-fit] [--table-only]
 Prints a markdown table and writes benchmarks/results/speed.json (about
 6 CPU minutes, half of it the default fit and the grid search; peers that are
-not installed are skipped: ``pip install skflow[bench]``).
+not installed are skipped: ``pip install -e ".[bench]"``).
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def available_peers() -> dict:
         try:
             __import__(name)
         except ImportError:
-            print(f"{name} not installed: skipped (pip install skflow[bench])")
+            print(f"{name} not installed: skipped (pip install -e '.[bench]')")
             continue
         out[name] = build
     return out

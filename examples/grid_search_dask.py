@@ -9,7 +9,7 @@ with the fits spread over a dask cluster through joblib's ``dask`` backend.
 :class:`~dask.distributed.LocalCluster` of two single-threaded worker
 processes; for a real cluster, replace it with the scheduler's address
 (``Client("tcp://scheduler:8786")``) or a dask-jobqueue / dask-kubernetes
-cluster object. Needs ``pip install "skflow[distributed]"``.
+cluster object. Needs ``pip install -e ".[distributed]"`` (from a checkout).
 
 This example is not executed when the documentation is built (it starts
 worker processes); run it with ``python examples/grid_search_dask.py``.

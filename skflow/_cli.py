@@ -147,11 +147,23 @@ _FIT_OPTIONS = {
     "learning-rate": (float, "AdamW learning rate"),
     "weight-decay": (float, "AdamW weight decay"),
     "contamination": (_contamination, "'auto' or the expected outlier fraction in (0, 0.5]"),
+    "validation-fraction": (float, "share of the rows held out for early stopping"),
+    "n-iter-no-change": (int, "early-stopping patience in epochs"),
+    "tol": (float, "smallest validation improvement (nats per row) that resets the patience"),
     "max-time": (float, "training time budget in seconds"),
     "device": (str, "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'"),
     "dtype": (str, "'float32' or 'float64'"),
     "kind-options": (_json_dict, "extra options of the kind as JSON, e.g. '{\"n_bins\": 8}'"),
     "random-state": (int, "seed: the same seed and data give the same model"),
+}
+
+
+# Switches that turn a default-on FlowDensity parameter off.
+_FIT_SWITCHES = {
+    "no-early-stopping": ("early_stopping", "train on all rows, no validation split"),
+    "no-dequantize": ("dequantize", "no dequantization noise on discrete columns"),
+    "no-whiten": ("whiten", "no fixed whitening layer"),
+    "no-gaussianize": ("gaussianize", "no fixed marginal Gaussianization layer"),
 }
 
 
@@ -162,6 +174,9 @@ def _fit(args: argparse.Namespace) -> None:
         for opt in _FIT_OPTIONS
         if getattr(args, opt.replace("-", "_")) is not None
     }
+    params.update(
+        {param: False for param, _ in _FIT_SWITCHES.values() if getattr(args, param) is False}
+    )
     est = FlowDensity(kind=args.kind, verbose=args.verbose, compile=args.compile, **params)
     start = time.perf_counter()
     est.fit(X)
@@ -261,6 +276,8 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
     )
     for opt, (type_, help_) in _FIT_OPTIONS.items():
         fit.add_argument(f"--{opt}", type=type_, help=help_, metavar=opt.split("-")[-1].upper())
+    for opt, (param, help_) in _FIT_SWITCHES.items():
+        fit.add_argument(f"--{opt}", dest=param, action="store_false", default=None, help=help_)
     fit.add_argument(
         "--compile",
         action="store_true",

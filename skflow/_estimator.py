@@ -109,7 +109,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         the number of steps per scale.
     hidden_units : "auto", int or tuple of int, default="auto"
         Hidden layer widths of each layer's conditioner network. An int ``h``
-        means ``(h, h)``. ``"auto"`` sizes the network to the data, so small
+        means ``(h, h)``; ``()`` means no hidden layer (linear conditioners).
+        ``"auto"`` sizes the network to the data, so small
         tables don't overfit: ``(32, 32)`` below 1,000 rows, ``(64, 64)``
         below 20,000, ``(128, 128)`` above (measured on the shared
         benchmark tables; see ``benchmarks/density.py``).
@@ -141,7 +142,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         ``offset_`` is the 1% quantile of the scores of the held-out
         validation rows (of the training rows when ``early_stopping=False``):
         about 1% of new normal data is flagged, however much the flow
-        overfits its training rows.
+        overfits its training rows, once there are a few hundred validation
+        rows; with fewer the share flagged varies widely from fit to fit
+        (see the outlier guide).
     device : str or torch.device, default="auto"
         Where to train and score: ``"auto"`` picks CUDA, then MPS, then CPU;
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``.
@@ -374,8 +377,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             return (int(units), int(units))
         if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in units):
             raise ValueError(
-                f"hidden_units must be 'auto', a positive int or a tuple of positive ints, "
-                f"got {units!r}."
+                f"hidden_units must be 'auto', a positive int or a tuple of positive ints "
+                f"(possibly empty: linear conditioners), got {units!r}."
             )
         return tuple(int(h) for h in units)
 
@@ -427,12 +430,24 @@ class FlowDensity(OutlierMixin, BaseEstimator):
 
     def _validate_X(self, X, **kwargs) -> np.ndarray:
         """``validate_data`` to float64, with an error naming non-numeric columns."""
+        dtypes = getattr(X, "dtypes", None)  # a DataFrame names its columns
+        categorical = (
+            [] if dtypes is None else [c for c, t in dtypes.items() if str(t) == "category"]
+        )
+        if categorical:
+            # Integer-coded categories would convert silently, as if their
+            # codes had an order and a scale.
+            raise ValueError(
+                f"FlowDensity models numeric features only, but X has categorical columns "
+                f"{categorical}. Encode them first (e.g. OneHotEncoder in a ColumnTransformer), "
+                "drop them, or, if the categories are genuine numbers, convert them with "
+                ".astype(float)."
+            )
         try:
             return validate_data(self, X, dtype=np.float64, **kwargs)
         except ValueError as exc:
             if "could not convert" not in str(exc):
                 raise
-            dtypes = getattr(X, "dtypes", None)  # a DataFrame names its columns
             bad = [] if dtypes is None else [c for c, t in dtypes.items() if t.kind not in "biuf"]
             where = f" (non-numeric columns: {bad})" if bad else ""
             raise ValueError(
@@ -466,10 +481,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         found = [(what, cols) for what, cols in found if cols]
         if found:
             details = "; ".join(f"column(s) {cols} have {what}" for what, cols in found)
-            hint = " or dtype='float64'" if self.dtype == "float32" else ""
+            hint = "Try dtype='float64', or rescale" if self.dtype == "float32" else "Rescale"
             raise ValueError(
-                f"X cannot be represented accurately in {self.dtype}: {details}. Rescale or "
-                f"center these columns (e.g. with StandardScaler in a Pipeline){hint}."
+                f"X cannot be represented accurately in {self.dtype}: {details}. {hint} or "
+                "center these columns (e.g. subtract their first value, or StandardScaler in "
+                "a Pipeline; densities are then per unit of the rescaled columns)."
             )
 
     @_fit_context(prefer_skip_nested_validation=True)

@@ -53,6 +53,27 @@ def test_fit_compile_flag_reaches_the_estimator(files, tmp_path, monkeypatch, ca
     assert FlowDensity.load(files / "model.skflow").compile is False
 
 
+def test_fit_options_reach_the_estimator(files, tmp_path, capsys):
+    model = tmp_path / "options.skflow"
+    extra = ["--validation-fraction", "0.2", "--n-iter-no-change", "3", "--tol", "0.01"]
+    extra += ["--no-dequantize", "--no-whiten", "--no-gaussianize"]
+    assert main(["fit", str(files / "train.csv"), "--out", str(model), *extra, *FAST]) == 0
+    est = FlowDensity.load(model)
+    assert (est.validation_fraction, est.n_iter_no_change, est.tol) == (0.2, 3, 0.01)
+    assert (est.dequantize, est.whiten, est.gaussianize, est.early_stopping) == (
+        False,
+        False,
+        False,
+        True,
+    )
+    model = tmp_path / "no_validation.skflow"
+    argv = ["fit", str(files / "train.csv"), "--out", str(model), "--no-early-stopping"]
+    assert main([*argv, *FAST]) == 0
+    est = FlowDensity.load(model)
+    assert est.early_stopping is False and est.best_validation_score_ is None
+    assert est.whiten is True  # switches not given keep the defaults
+
+
 def test_score_writes_log_density_and_outlier_flag(files, capsys):
     out = files / "scores.csv"
     assert (

@@ -75,14 +75,24 @@ BAD_FIT_INPUT = {
     "categorical column": (
         lambda: _frame_with_text("category"),
         ValueError,
-        r"non-numeric columns: \['b'\].*OneHotEncoder",
+        r"categorical columns \['b'\].*OneHotEncoder",
+    ),
+    # Integer codes would convert silently, as if they had an order and scale.
+    "integer categorical column": (
+        lambda: _frame_with_text().assign(b=lambda f: (f.b == "up").astype(int).astype("category")),
+        ValueError,
+        r"categorical columns \['b'\].*astype\(float\)",
     ),
     "pandas NA": (_frame_with_missing, ValueError, "Input X contains NaN"),
     "complex": (lambda: X.astype(complex), ValueError, "Complex data not supported"),
     # Numbers the arithmetic cannot hold: refused, not fitted to rounding noise.
     "column of 1e40": (lambda: X * [1e40, 1], ValueError, r"\[0\] have values beyond 8.5"),
     "column of 1e-100": (lambda: X * [1, 1e-100], ValueError, r"\[1\] have a spread below"),
-    "offset 1e9": (lambda: X + [0, 1e9], ValueError, "lost to float32 rounding.*'float64'"),
+    "offset 1e9": (
+        lambda: X + [0, 1e9],
+        ValueError,
+        "lost to float32 rounding.*'float64'.*rescaled columns",
+    ),
     "column of 1e200": (
         lambda: X * [1e200, 1],
         ValueError,
