@@ -26,6 +26,7 @@ from skflow._preprocessing import (
     gaussianizing_knots,
     half_widths,
     noise_cells,
+    snap_to_cells,
     standardization,
 )
 from skflow._progress import epoch_progress
@@ -265,9 +266,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         only those exact values are dequantized (a continuous feature's point
         masses). :meth:`cell_widths` looks them up.
     lattice_range_ : ndarray of shape (2, n_features_in_)
-        Smallest and largest training value of each feature: with
-        ``dequantization_`` they define the lattice that :meth:`sample`
-        rounds discrete features to.
+        Smallest and largest training value of each feature: :meth:`sample`
+        rounds dequantized features onto their values (see
+        ``dequantization_cells_``) within this range.
     offset_ : float
         Threshold on :meth:`score_samples`; ``decision_function`` is
         ``score_samples(X) - offset_``.
@@ -865,14 +866,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
     def _snap_to_lattice(self, samples: np.ndarray) -> np.ndarray:
-        """Round dequantized features back onto their lattice of values."""
-        width = self.dequantization_
-        if not np.any(width > 0):
-            return samples
+        """Round dequantized features back onto their values."""
         low, high = self.lattice_range_
-        safe = np.where(width > 0, width, 1.0)
-        snapped = np.clip(low + safe * np.round((samples - low) / safe), low, high)
-        return np.where(width > 0, snapped, samples)
+        snapped = snap_to_cells(samples, self.dequantization_cells_, low)
+        # Clipped to the training range only where a feature was snapped.
+        return np.where(snapped != samples, np.clip(snapped, low, high), samples)
 
     def sample(self, n_samples=1, random_state=None, as_frame=False):
         """Draw samples from the fitted density.

@@ -85,10 +85,19 @@ def noise_cells(X: np.ndarray, widths: np.ndarray, auto: bool) -> NoiseCells:
             half = _local_half_gaps(values) if values.size > 1 else np.array([widths[j] / 2])
             cells.append((values, half, False))
         elif values.size > 1 and counts.max() > 1:  # continuous with point masses
-            cells.append((values, np.where(counts > 1, _local_half_gaps(values), 0.0), True))
+            repeated = counts > 1  # only these are kept: the model stores them
+            cells.append((values[repeated], _local_half_gaps(values)[repeated], True))
         else:
             cells.append(0.0)
     return cells
+
+
+def _nearest(values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Index of the sorted ``values`` nearest to each ``x``."""
+    if values.size == 1:
+        return np.zeros(x.shape, dtype=int)
+    right = np.clip(np.searchsorted(values, x), 1, values.size - 1)
+    return np.where(x - values[right - 1] <= values[right] - x, right - 1, right)
 
 
 def half_widths(X: np.ndarray, cells: NoiseCells) -> np.ndarray:
@@ -99,13 +108,27 @@ def half_widths(X: np.ndarray, cells: NoiseCells) -> np.ndarray:
             out[:, j] = cell
             continue
         values, half, exact = cell
-        x = X[:, j]
-        if values.size == 1:
-            k = np.zeros(x.shape, dtype=int)
-        else:  # index of the nearest training value
-            right = np.clip(np.searchsorted(values, x), 1, values.size - 1)
-            k = np.where(x - values[right - 1] <= values[right] - x, right - 1, right)
-        out[:, j] = np.where(values[k] == x, half[k], 0.0) if exact else half[k]
+        k = _nearest(values, X[:, j])
+        out[:, j] = np.where(values[k] == X[:, j], half[k], 0.0) if exact else half[k]
+    return out
+
+
+def snap_to_cells(samples: np.ndarray, cells: NoiseCells, low: np.ndarray) -> np.ndarray:
+    """Round dequantized samples back onto the values they stand for: a
+    discrete feature's nearest training value; a continuous feature's point
+    mass where a sample falls in its cell; under one width ``w`` per feature
+    (given by the user), the lattice ``low + k w``."""
+    out = samples.copy()
+    for j, cell in enumerate(cells):
+        y = samples[:, j]
+        if not isinstance(cell, tuple):
+            if cell > 0:
+                out[:, j] = low[j] + 2 * cell * np.round((y - low[j]) / (2 * cell))
+            continue
+        values, half, exact = cell
+        k = _nearest(values, y)
+        inside = np.abs(y - values[k]) <= half[k] if exact else True
+        out[:, j] = np.where(inside, values[k], y)
     return out
 
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from skflow import FlowDensity
-from skflow._preprocessing import dequantization_widths, half_widths, lattice_width, noise_cells
+from skflow._preprocessing import (
+    dequantization_widths,
+    half_widths,
+    lattice_width,
+    noise_cells,
+    snap_to_cells,
+)
 from tests.conftest import load_shared
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -66,6 +72,11 @@ def test_noise_cells_reach_halfway_to_the_nearer_value():
     np.testing.assert_array_equal(half_widths(new, cells), [[7.0, expected], [0.5, 0], [0.5, 0]])
     user = noise_cells(X, np.array([2.0, 0.0]), auto=False)
     np.testing.assert_array_equal(half_widths(new, user), [[1.0, 0.0]] * 3)
+    # Samples snap back: to the nearest training code (never to an unseen
+    # 5 inside zero's wide cell), to the point mass inside its cell only.
+    samples = np.array([[5.2, 1.5 + expected / 2], [9.0, 1.5 + 3 * expected], [70.0, 0.3]])
+    snapped = snap_to_cells(samples, cells, X.min(axis=0))
+    np.testing.assert_array_equal(snapped, [[0.0, 1.5], [14.0, samples[1, 1]], [63.0, 0.3]])
 
 
 def test_point_mass_probabilities_sum_to_one():
@@ -81,6 +92,10 @@ def test_point_mass_probabilities_sum_to_one():
     probs = np.exp(est.score_samples(values)) * widths
     assert probs.sum() == pytest.approx(1.0, abs=0.05)
     assert probs[0] == pytest.approx(np.mean(X == 0), abs=0.05)
+    # Samples land on training values (no 3s from zero's wide cell), zero as often.
+    draws = est.sample(2000, random_state=0)[:, 0]
+    assert np.isin(draws, values).all()
+    assert np.mean(draws == 0) == pytest.approx(np.mean(X == 0), abs=0.05)
 
 
 def test_discrete_probabilities_sum_to_one():
