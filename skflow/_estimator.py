@@ -262,9 +262,10 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         values; 0 for continuous features).
     dequantization_cells_ : list
         Per feature, the dequantization cells: a constant half-width, or the
-        training values with the half-width of each value's cell and whether
-        only those exact values are dequantized (a continuous feature's point
-        masses). :meth:`cell_widths` looks them up.
+        training values with the half-width of each value's cell and their
+        reach (None: every value takes the nearest one's cell; else only
+        values that close to one, a continuous feature's point masses).
+        :meth:`cell_widths` looks them up.
     lattice_range_ : ndarray of shape (2, n_features_in_)
         Smallest and largest training value of each feature: :meth:`sample`
         rounds dequantized features onto their values (see

@@ -15,6 +15,22 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 # values rounded to a coarse resolution, point masses such as a zero for
 # "absent"). Continuous measurements are nearly all distinct.
 MAX_DISTINCT_FRACTION = 0.5
+# Values of a column closer than this fraction of its range are one value
+# written two ways (floating-point round-off: a pendigits column holds
+# "zeros" 2e-16 apart), not a resolution to dequantize at.
+SAME_VALUE_RTOL = 1e-9
+
+
+def _distinct(column: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sorted distinct values of ``column`` (near-equal ones merged, the
+    smallest kept), their counts, and the merging tolerance."""
+    values, counts = np.unique(column, return_counts=True)
+    tol = SAME_VALUE_RTOL * float(values[-1] - values[0]) if values.size else 0.0
+    if values.size > 1:
+        first = np.r_[True, np.diff(values) > tol]
+        counts = np.bincount(np.cumsum(first) - 1, weights=counts).astype(int)
+        values = values[first]
+    return values, counts, tol
 
 
 def lattice_width(column: np.ndarray) -> float:
@@ -22,7 +38,7 @@ def lattice_width(column: np.ndarray) -> float:
     smallest gap between distinct values (the data's resolution) for a
     discrete one, and 1 for a constant column (it then contributes exactly 0
     to the log-density)."""
-    values = np.unique(column)
+    values = _distinct(column)[0]
     if values.size == 1:
         return 1.0
     if values.size > column.size * MAX_DISTINCT_FRACTION:
@@ -49,9 +65,10 @@ def dequantization_widths(X: np.ndarray, dequantize) -> np.ndarray:
 
 
 # Per feature, how wide the dequantization noise is around each value: a
-# constant half-width, or a lookup table (values, half-widths, exact) from the
-# training rows, where ``exact`` means only those very values get noise.
-NoiseCells = list[float | tuple[np.ndarray, np.ndarray, bool]]
+# constant half-width, or a lookup table (values, half-widths, reach) from the
+# training rows: every value takes the nearest one's cell (reach None), or
+# only values within ``reach`` of one (a continuous feature's point masses).
+NoiseCells = list[float | tuple[np.ndarray, np.ndarray, float | None]]
 
 
 def _local_half_gaps(values: np.ndarray) -> np.ndarray:
@@ -80,13 +97,13 @@ def noise_cells(X: np.ndarray, widths: np.ndarray, auto: bool) -> NoiseCells:
         if not auto:
             cells.append(widths[j] / 2)
             continue
-        values, counts = np.unique(column, return_counts=True)
+        values, counts, tol = _distinct(column)
         if widths[j] > 0:  # discrete (a constant column keeps its width 1)
             half = _local_half_gaps(values) if values.size > 1 else np.array([widths[j] / 2])
-            cells.append((values, half, False))
+            cells.append((values, half, None))
         elif values.size > 1 and counts.max() > 1:  # continuous with point masses
             repeated = counts > 1  # only these are kept: the model stores them
-            cells.append((values[repeated], _local_half_gaps(values)[repeated], True))
+            cells.append((values[repeated], _local_half_gaps(values)[repeated], tol))
         else:
             cells.append(0.0)
     return cells
@@ -107,9 +124,10 @@ def half_widths(X: np.ndarray, cells: NoiseCells) -> np.ndarray:
         if not isinstance(cell, tuple):
             out[:, j] = cell
             continue
-        values, half, exact = cell
+        values, half, reach = cell
         k = _nearest(values, X[:, j])
-        out[:, j] = np.where(values[k] == X[:, j], half[k], 0.0) if exact else half[k]
+        hit = True if reach is None else np.abs(X[:, j] - values[k]) <= reach
+        out[:, j] = np.where(hit, half[k], 0.0)
     return out
 
 
@@ -125,9 +143,9 @@ def snap_to_cells(samples: np.ndarray, cells: NoiseCells, low: np.ndarray) -> np
             if cell > 0:
                 out[:, j] = low[j] + 2 * cell * np.round((y - low[j]) / (2 * cell))
             continue
-        values, half, exact = cell
+        values, half, reach = cell
         k = _nearest(values, y)
-        inside = np.abs(y - values[k]) <= half[k] if exact else True
+        inside = True if reach is None else np.abs(y - values[k]) <= np.maximum(half[k], reach)
         out[:, j] = np.where(inside, values[k], y)
     return out
 
