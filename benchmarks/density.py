@@ -10,11 +10,12 @@ Protocol (one run, same split for every method):
 - KernelDensity: Gaussian kernel on standardized data, bandwidth chosen by 3-fold CV over a
   log grid, density mapped back to original units (minus the sum of log standard deviations).
 - discrete features: FlowDensity dequantizes the features it detects as discrete (lattice
-  values that repeat, few levels, constants) and reports the density of X + U at X. A GMM or
+  values that repeat, few levels, constants) and the values a continuous feature repeats
+  (point masses), and reports the density of X + U at X. A GMM or
   KDE fitted to the raw rows instead puts near-singular spikes on such values (a component
   with variance reg_covar), which no continuous density of the data can be compared with.
   So the baselines get the same footing: they are fitted to the training rows plus one
-  draw of the same uniform noise (widths from skflow's own detection) and score the test
+  draw of the same uniform noise (cells from skflow's own detection) and score the test
   rows as given. The raw-row GMM is reported too ("gmm_raw", not used for the verdict).
 Metric: mean held-out log-likelihood per row (nats, original units; higher is better).
 "fit s" is wall time of the fit (CV included for the baselines).
@@ -38,7 +39,7 @@ from sklearn.neighbors import KernelDensity
 
 from benchmarks._common import list_tables, load_table, markdown_table, write_json
 from skflow import FlowDensity
-from skflow._preprocessing import dequantization_widths
+from skflow._preprocessing import dequantization_widths, half_widths, noise_cells
 
 GMM_COMPONENTS = [1, 2, 4, 8, 16, 32]
 
@@ -59,11 +60,12 @@ def split(name: str, max_train: int, seed: int = 0):
 
 
 def dequantized(X_train, seed: int = 0):
-    """Training rows plus one draw of uniform noise on the features skflow
-    dequantizes (the same widths FlowDensity(dequantize="auto") uses)."""
+    """Training rows plus one draw of uniform noise on the values skflow
+    dequantizes (the same cells FlowDensity(dequantize="auto") uses)."""
     widths = dequantization_widths(X_train, "auto")
+    half = half_widths(X_train, noise_cells(X_train, widths, auto=True))
     noise = np.random.RandomState(seed).uniform(-0.5, 0.5, size=X_train.shape)
-    return X_train + noise * widths
+    return X_train + noise * 2 * half
 
 
 def fit_gmm_raw(X_train, X_test):

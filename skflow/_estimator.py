@@ -24,6 +24,9 @@ from skflow._preprocessing import (
     N_KNOTS,
     dequantization_widths,
     gaussianizing_knots,
+    half_widths,
+    noise_cells,
+    snap_to_cells,
     standardization,
 )
 from skflow._progress import epoch_progress
@@ -174,17 +177,20 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         are not compiled.
     dequantize : "auto", False or array-like of shape (n_features,), default="auto"
         Discrete features (integer codes, counts, ratings, a handful of
-        levels) would let a continuous density grow without bound on their
-        values. They are dequantized: uniform noise as wide as the gap
-        between neighbouring values is added to them at every training step.
-        ``"auto"`` detects such features (at most half the rows hold a
-        distinct value; the noise width is then the smallest gap between
-        values, the data's resolution); ``False`` turns this off;
-        an array gives each feature's noise width (0 = continuous). The
-        fitted widths are in ``dequantization_``. :meth:`score_samples` then
-        reports the log-density of the dequantized variable ``X + U`` at
-        ``X``; for a discrete feature of width ``w`` adding ``log w`` turns it
-        into the log-probability of ``X``'s value.
+        levels) and point masses (a value repeated in an otherwise
+        continuous feature, such as a zero for "absent") would let a
+        continuous density grow without bound on their values. They are
+        dequantized: at every training step each such value gets uniform
+        noise over its cell. ``"auto"`` detects discrete features (at most
+        half the rows hold a distinct value) and the values a continuous
+        feature repeats; a value's cell is centred on it and reaches halfway
+        to the nearer neighbouring training value, so an isolated code gets
+        a wide cell and a run of integers cells of width 1. ``False`` turns
+        this off; an array gives each feature one noise width for all its
+        values (0 = continuous). :meth:`score_samples` then reports the
+        log-density of the dequantized variable ``X + U`` at ``X``; adding
+        the log of :meth:`cell_widths` turns a discrete feature's density
+        into the probability of its value.
     whiten : bool, default=True
         Start the flow with a fixed linear whitening layer fitted to the
         data (mean and Ledoit-Wolf-shrunk covariance), so that before
@@ -252,12 +258,18 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         ``"fit_per_solve"`` per training batch, ``"last_solve"`` for the
         scoring solve that sets ``offset_`` at the end of ``fit``.
     dequantization_ : ndarray of shape (n_features_in_,)
-        Width of the uniform dequantization noise of each feature (0 for
-        continuous features).
+        Resolution of each discrete feature (its smallest gap between
+        values; 0 for continuous features).
+    dequantization_cells_ : list
+        Per feature, the dequantization cells: a constant half-width, or the
+        training values with the half-width of each value's cell and their
+        reach (None: every value takes the nearest one's cell; else only
+        values that close to one, a continuous feature's point masses).
+        :meth:`cell_widths` looks them up.
     lattice_range_ : ndarray of shape (2, n_features_in_)
-        Smallest and largest training value of each feature: with
-        ``dequantization_`` they define the lattice that :meth:`sample`
-        rounds discrete features to.
+        Smallest and largest training value of each feature: :meth:`sample`
+        rounds dequantized features onto their values (see
+        ``dequantization_cells_``) within this range.
     offset_ : float
         Threshold on :meth:`score_samples`; ``decision_function`` is
         ``score_samples(X) - offset_``.
@@ -408,25 +420,28 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             layers.append(LogTails(TAIL_START))
         return Flow(Compose(*layers), StandardNormal(n_features))
 
-    def _fit_preprocessing(self, flow: Flow, X: np.ndarray) -> np.ndarray:
-        """Set the dequantization widths (returned) and the fixed layers in
-        front of the flow's body from the training rows."""
+    def _fit_preprocessing(self, flow: Flow, X: np.ndarray):
+        """Set the fixed layers in front of the flow's body from the training
+        rows; return the dequantization widths (each feature's resolution)
+        and cells (see :func:`noise_cells`)."""
         widths = dequantization_widths(X, self.dequantize)
+        cells = noise_cells(X, widths, auto=isinstance(self.dequantize, str))
+        half = half_widths(X, cells)
         flow.dequantization.copy_(torch.as_tensor(widths))
         layers = flow.transform.transforms
-        noise_widths = widths
+        noise_var = (half**2).mean(axis=0) / 3.0
         if self.gaussianize:
-            x_knots, z_knots = gaussianizing_knots(X, widths)
+            x_knots, z_knots = gaussianizing_knots(X, half)
             layers[0].reset(torch.as_tensor(x_knots), torch.as_tensor(z_knots))
             # Whiten what the marginal layer outputs, noise included.
-            jitter = np.random.RandomState(0).uniform(-0.5, 0.5, size=X.shape) * widths
+            jitter = np.random.RandomState(0).uniform(-0.5, 0.5, size=X.shape) * 2 * half
             with torch.no_grad():
                 X = layers[0](torch.as_tensor(X + jitter, dtype=layers[0].x_knots.dtype))[0]
-            X, noise_widths = X.double().cpu().numpy(), np.zeros_like(widths)
-        loc, scale = standardization(X, noise_widths, self.whiten)
+            X, noise_var = X.double().cpu().numpy(), np.zeros_like(noise_var)
+        loc, scale = standardization(X, noise_var, self.whiten)
         layers[1 if self.gaussianize else 0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
         # float64, not the buffer's dtype: sample() snaps onto this lattice.
-        return widths
+        return widths, cells
 
     def _validate_X(self, X, **kwargs) -> np.ndarray:
         """``validate_data`` to float64, with an error naming non-numeric columns."""
@@ -542,7 +557,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         # Cast first: fitted buffers set in float32 and cast to float64 would
         # keep only float32 accuracy (the standardization would not invert).
         flow = flow.to(device=device, dtype=dtype)
-        widths = self._fit_preprocessing(flow, X_train)
+        widths, cells = self._fit_preprocessing(flow, X_train)
 
         def as_tensor(a):
             return torch.tensor(a, dtype=dtype).to(device)
@@ -567,6 +582,10 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 flow,
                 as_tensor(X_train),
                 as_tensor(X[val_idx]) if val_idx is not None else None,
+                noise=(
+                    as_tensor(half_widths(X_train, cells)),
+                    as_tensor(half_widths(X[val_idx], cells)) if val_idx is not None else None,
+                ),
                 max_iter=self.max_iter,
                 batch_size=batch_size,
                 learning_rate=self.learning_rate,
@@ -589,6 +608,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         self.n_iter_ = result.n_iter
         self.hidden_units_ = hidden_units
         self.dequantization_ = widths
+        self.dequantization_cells_ = cells
         self.lattice_range_ = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
         self.offset_ = self._compute_offset(X, val_idx)
         # ODE-based kinds count their vector-field evaluations (fit and the
@@ -737,6 +757,41 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         check_is_fitted(self)
         return self._log_density(self._validate_X(X, reset=False))
 
+    def cell_widths(self, X):
+        """Width of the dequantization cell of each entry of ``X``.
+
+        ``score_samples`` reports the density of the dequantized variable
+        ``X + U`` at ``X``; where an entry has a cell of width ``w``, adding
+        ``log w`` turns that feature's density into the probability of its
+        value (see the ``dequantize`` parameter).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Query points, in the units of the training data.
+
+        Returns
+        -------
+        widths : ndarray of shape (n_samples, n_features)
+            The cell width of each entry; 0 where the feature is not
+            dequantized there (continuous values).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skflow import FlowDensity
+        >>> rng = np.random.RandomState(0)
+        >>> counts = np.where(rng.rand(500) < 0.4, 0, rng.poisson(20, 500))[:, None]
+        >>> est = FlowDensity(max_iter=5, random_state=0).fit(counts)
+        >>> int(counts[counts > 0].min())  # the smallest count after zero
+        9
+        >>> est.cell_widths([[0], [20]])  # zero's cell reaches halfway to 9
+        array([[9.],
+               [1.]])
+        """
+        check_is_fitted(self)
+        return 2 * half_widths(self._validate_X(X, reset=False), self.dequantization_cells_)
+
     def score(self, X, y=None):
         """Mean log-likelihood of the rows of ``X`` (higher is better).
 
@@ -812,14 +867,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
     def _snap_to_lattice(self, samples: np.ndarray) -> np.ndarray:
-        """Round dequantized features back onto their lattice of values."""
-        width = self.dequantization_
-        if not np.any(width > 0):
-            return samples
+        """Round dequantized features back onto their values."""
         low, high = self.lattice_range_
-        safe = np.where(width > 0, width, 1.0)
-        snapped = np.clip(low + safe * np.round((samples - low) / safe), low, high)
-        return np.where(width > 0, snapped, samples)
+        snapped = snap_to_cells(samples, self.dequantization_cells_, low)
+        # Clipped to the training range only where a feature was snapped.
+        return np.where(snapped != samples, np.clip(snapped, low, high), samples)
 
     def sample(self, n_samples=1, random_state=None, as_frame=False):
         """Draw samples from the fitted density.

@@ -15,6 +15,22 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 # values rounded to a coarse resolution, point masses such as a zero for
 # "absent"). Continuous measurements are nearly all distinct.
 MAX_DISTINCT_FRACTION = 0.5
+# Values of a column closer than this fraction of its range are one value
+# written two ways (floating-point round-off: a pendigits column holds
+# "zeros" 2e-16 apart), not a resolution to dequantize at.
+SAME_VALUE_RTOL = 1e-9
+
+
+def _distinct(column: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sorted distinct values of ``column`` (near-equal ones merged, the
+    smallest kept), their counts, and the merging tolerance."""
+    values, counts = np.unique(column, return_counts=True)
+    tol = SAME_VALUE_RTOL * float(values[-1] - values[0]) if values.size else 0.0
+    if values.size > 1:
+        first = np.r_[True, np.diff(values) > tol]
+        counts = np.bincount(np.cumsum(first) - 1, weights=counts).astype(int)
+        values = values[first]
+    return values, counts, tol
 
 
 def lattice_width(column: np.ndarray) -> float:
@@ -22,7 +38,7 @@ def lattice_width(column: np.ndarray) -> float:
     smallest gap between distinct values (the data's resolution) for a
     discrete one, and 1 for a constant column (it then contributes exactly 0
     to the log-density)."""
-    values = np.unique(column)
+    values = _distinct(column)[0]
     if values.size == 1:
         return 1.0
     if values.size > column.size * MAX_DISTINCT_FRACTION:
@@ -48,11 +64,98 @@ def dequantization_widths(X: np.ndarray, dequantize) -> np.ndarray:
     return widths
 
 
+# Per feature, how wide the dequantization noise is around each value: a
+# constant half-width, or a lookup table (values, half-widths, reach) from the
+# training rows: every value takes the nearest one's cell (reach None), or
+# only values within ``reach`` of one (a continuous feature's point masses).
+NoiseCells = list[float | tuple[np.ndarray, np.ndarray, float | None]]
+
+
+def _local_half_gaps(values: np.ndarray) -> np.ndarray:
+    """Half the gap from each sorted distinct value to its nearer neighbour
+    (the end values have one neighbour): centred cells that never overlap."""
+    gaps = np.diff(values)
+    return np.minimum(np.r_[gaps[0], gaps], np.r_[gaps, gaps[-1]]) / 2
+
+
+def noise_cells(X: np.ndarray, widths: np.ndarray, auto: bool) -> NoiseCells:
+    """The dequantization cells of each feature, from the training rows.
+
+    With widths given by the user (``auto=False``) every value of a feature
+    gets the same cell, ``widths[j]`` wide. Under ``dequantize="auto"`` a
+    value's cell reaches halfway to its nearer neighbouring value, so its
+    density is its probability spread over the resolution *around it*: a
+    point mass such as a "0 = not measured" code, an isolated level or a
+    repeated value in an otherwise continuous column no longer earns a
+    density bonus of log(gap around it / column's finest gap), which would
+    rank rows by how many such spikes they hit. A discrete feature's values
+    all get cells (new values take the nearest training value's); in a
+    continuous feature only values the training rows repeat get one.
+    """
+    cells: NoiseCells = []
+    for j, column in enumerate(X.T):
+        if not auto:
+            cells.append(widths[j] / 2)
+            continue
+        values, counts, tol = _distinct(column)
+        if widths[j] > 0:  # discrete (a constant column keeps its width 1)
+            half = _local_half_gaps(values) if values.size > 1 else np.array([widths[j] / 2])
+            cells.append((values, half, None))
+        elif values.size > 1 and counts.max() > 1:  # continuous with point masses
+            repeated = counts > 1  # only these are kept: the model stores them
+            cells.append((values[repeated], _local_half_gaps(values)[repeated], tol))
+        else:
+            cells.append(0.0)
+    return cells
+
+
+def _nearest(values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Index of the sorted ``values`` nearest to each ``x``."""
+    if values.size == 1:
+        return np.zeros(x.shape, dtype=int)
+    right = np.clip(np.searchsorted(values, x), 1, values.size - 1)
+    return np.where(x - values[right - 1] <= values[right] - x, right - 1, right)
+
+
+def half_widths(X: np.ndarray, cells: NoiseCells) -> np.ndarray:
+    """Half-width of the uniform dequantization noise of each entry of ``X``."""
+    out = np.zeros(X.shape)
+    for j, cell in enumerate(cells):
+        if not isinstance(cell, tuple):
+            out[:, j] = cell
+            continue
+        values, half, reach = cell
+        k = _nearest(values, X[:, j])
+        hit = True if reach is None else np.abs(X[:, j] - values[k]) <= reach
+        out[:, j] = np.where(hit, half[k], 0.0)
+    return out
+
+
+def snap_to_cells(samples: np.ndarray, cells: NoiseCells, low: np.ndarray) -> np.ndarray:
+    """Round dequantized samples back onto the values they stand for: a
+    discrete feature's nearest training value; a continuous feature's point
+    mass where a sample falls in its cell; under one width ``w`` per feature
+    (given by the user), the lattice ``low + k w``."""
+    out = samples.copy()
+    for j, cell in enumerate(cells):
+        y = samples[:, j]
+        if not isinstance(cell, tuple):
+            if cell > 0:
+                out[:, j] = low[j] + 2 * cell * np.round((y - low[j]) / (2 * cell))
+            continue
+        values, half, reach = cell
+        k = _nearest(values, y)
+        inside = True if reach is None else np.abs(y - values[k]) <= np.maximum(half[k], reach)
+        out[:, j] = np.where(inside, values[k], y)
+    return out
+
+
 def standardization(
-    X: np.ndarray, widths: np.ndarray, whiten: bool
+    X: np.ndarray, noise_var: np.ndarray, whiten: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Location and lower-triangular scale ``L`` of the dequantized data
-    (uniform noise of width w adds variance w^2 / 12).
+    (``noise_var``: the variance the dequantization noise adds to each
+    feature; uniform noise of half-width h adds h^2 / 3).
 
     Without ``whiten``, ``L`` is diagonal (per-feature standard deviations).
     With it, ``L L^T`` is a Ledoit-Wolf-shrunk covariance: the flow then starts
@@ -60,14 +163,14 @@ def standardization(
     Gaussian, which matters most on small tables.
     """
     loc = X.mean(axis=0)
-    var = X.var(axis=0) + widths**2 / 12.0
+    var = X.var(axis=0) + noise_var
     # A constant continuous column (only with dequantize=False) has no spread.
     std = np.sqrt(np.where(var > 0, var, 1.0))
     if not whiten or X.shape[1] == 1 or X.shape[0] < 2:  # no covariance to estimate
         return loc, np.diag(std)
     Z = (X - loc) / std
     alpha = ledoit_wolf_shrinkage(Z, assume_centered=True)
-    corr = Z.T @ Z / len(Z) + np.diag(widths**2 / 12.0 / std**2)
+    corr = Z.T @ Z / len(Z) + np.diag(noise_var / std**2)
     corr = (1 - alpha) * corr + alpha * np.eye(len(corr)) * np.trace(corr) / len(corr)
     # Shrinkage keeps corr positive definite; the jitter guards exact collinearity.
     chol = np.linalg.cholesky(corr + 1e-6 * np.eye(len(corr)))
@@ -142,7 +245,7 @@ def _log_marginal(
 
 
 def gaussianizing_knots(
-    X: np.ndarray, widths: np.ndarray, seed: int = 0
+    X: np.ndarray, half: np.ndarray, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Knots ``(x, z)`` of shape ``(n_features, N_KNOTS)`` of a monotone
     piecewise-linear map of each feature towards a standard normal.
@@ -154,16 +257,17 @@ def gaussianizing_knots(
     likelihood wins, so a near-Gaussian feature keeps its smooth Gaussian
     shape while a skewed, multimodal or spiky one is Gaussianized. Beyond the
     data the map continues linearly for one standard deviation, then
-    logarithmically, so far-out inputs map somewhere moderate.
+    logarithmically, so far-out inputs map somewhere moderate. ``half``
+    holds the half-width of each entry's dequantization noise.
     """
     n, n_features = X.shape
     rng = np.random.RandomState(seed)
     draws = max(1, min(8, _MAX_POOLED // max(n, 1)))
-    noise = (rng.uniform(size=(draws, *X.shape)) - 0.5) * widths
-    # A continuous feature (width 0) has nothing to pool: one copy, whose
+    noise = (rng.uniform(size=(draws, *X.shape)) - 0.5) * 2 * half
+    # A feature without noise has nothing to pool: one copy, whose
     # quantiles and held-out means equal those of the identical copies.
     pooled = [
-        X[None, :, j] + noise[:, :, j] if widths[j] > 0 else X[None, :, j]
+        X[None, :, j] + noise[:, :, j] if half[:, j].any() else X[None, :, j]
         for j in range(n_features)
     ]
     if n < MIN_QUANTILE_ROWS:

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from skflow import FlowDensity
-from skflow._preprocessing import dequantization_widths, lattice_width
+from skflow._preprocessing import (
+    dequantization_widths,
+    half_widths,
+    lattice_width,
+    noise_cells,
+    snap_to_cells,
+)
 from tests.conftest import load_shared
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -38,6 +44,58 @@ def test_dequantize_argument_validation():
         dequantization_widths(X, [1.0])
     with pytest.raises(ValueError, match="non-negative"):
         FlowDensity(dequantize=[-1.0, 0.0], max_iter=2).fit(np.random.RandomState(0).randn(20, 2))
+
+
+def test_noise_cells_reach_halfway_to_the_nearer_value():
+    """A point mass (a "0 = not measured" code) gets a cell as wide as the
+    gap around it, not the column's finest gap; values in a dense run keep
+    the resolution; a continuous column's repeated value gets a cell and its
+    other values none; widths given by the user are used as they are."""
+    rng = np.random.RandomState(0)
+    codes = np.where(np.arange(400) < 200, 0.0, 14.0 + np.arange(400) % 50)  # 0, then 14..63
+    smooth = rng.randn(400)
+    smooth[:40] = 1.5  # a point mass in a continuous column
+    X = np.column_stack([codes, smooth])
+    widths = dequantization_widths(X, "auto")
+    assert widths[0] == 1.0 and widths[1] == 0.0
+    cells = noise_cells(X, widths, auto=True)
+    half = half_widths(X, cells)
+    assert half[0, 0] == 7.0  # zero: halfway to 14
+    assert np.all(half[200:, 0] == 0.5)  # 14..63: halfway to the next integer
+    neighbours = np.sort(np.unique(smooth))
+    k = np.searchsorted(neighbours, 1.5)
+    expected = min(neighbours[k] - neighbours[k - 1], neighbours[k + 1] - neighbours[k]) / 2
+    assert np.all(half[:40, 1] == expected) and np.all(half[40:, 1] == 0.0)
+    # New values: the nearest training value's cell on a discrete feature (12
+    # is nearest to 14), none on a continuous one unless they hit its point mass.
+    new = np.array([[2.0, 1.5], [12.0, 1.49], [100.0, 0.3]])
+    np.testing.assert_array_equal(half_widths(new, cells), [[7.0, expected], [0.5, 0], [0.5, 0]])
+    user = noise_cells(X, np.array([2.0, 0.0]), auto=False)
+    np.testing.assert_array_equal(half_widths(new, user), [[1.0, 0.0]] * 3)
+    # Samples snap back: to the nearest training code (never to an unseen
+    # 5 inside zero's wide cell), to the point mass inside its cell only.
+    samples = np.array([[5.2, 1.5 + expected / 2], [9.0, 1.5 + 3 * expected], [70.0, 0.3]])
+    snapped = snap_to_cells(samples, cells, X.min(axis=0))
+    np.testing.assert_array_equal(snapped, [[0.0, 1.5], [14.0, samples[1, 1]], [63.0, 0.3]])
+
+
+def test_point_mass_probabilities_sum_to_one():
+    """Zero-inflated counts: exp(score) times the value's cell width is its
+    probability, so over the training values it sums to about 1 and the
+    point mass at zero gets its observed share."""
+    rng = np.random.RandomState(0)
+    X = np.where(rng.rand(3000) < 0.4, 0.0, rng.poisson(20.0, 3000))[:, None]
+    est = FlowDensity(n_layers=3, hidden_units=16, random_state=0).fit(X)
+    values = np.unique(X)[:, None]
+    widths = 2 * half_widths(values, noise_cells(X, est.dequantization_, auto=True))[:, 0]
+    assert widths[0] > 4  # zero's cell reaches halfway to the smallest count
+    probs = np.exp(est.score_samples(values)) * widths
+    assert probs.sum() == pytest.approx(1.0, abs=0.05)
+    assert probs[0] == pytest.approx(np.mean(X == 0), abs=0.05)
+    # Samples land on training values (no 3s from zero's wide cell), zero as often.
+    draws = est.sample(2000, random_state=0)[:, 0]
+    assert np.isin(draws, values).all()
+    assert np.mean(draws == 0) == pytest.approx(np.mean(X == 0), abs=0.05)
 
 
 def test_discrete_probabilities_sum_to_one():

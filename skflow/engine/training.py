@@ -149,8 +149,13 @@ def _params_finite(flow: Flow) -> bool:
     return bool(torch.stack([torch.isfinite(p).all() for p in flow.parameters()]).all())
 
 
+def _dequantized(x: Tensor, half: Tensor) -> Tensor:
+    """``x`` plus fresh uniform noise on ``[-half, half]``."""
+    return x + (torch.rand_like(x) - 0.5) * 2 * half
+
+
 def _split_loss(
-    flow: Flow, X: Tensor, dequantize: Callable[[Tensor], Tensor], noisy: bool
+    flow: Flow, X: Tensor, half: Tensor, noisy: bool
 ) -> tuple[Callable[[Tensor], tuple[Tensor, Tensor]], Callable[[Tensor, Tensor], Tensor]]:
     """The training loss of rows ``X[idx]`` in two parts: ``inputs(idx)``
     gives the rows mapped through the fixed layers in front of the flow (no
@@ -185,7 +190,7 @@ def _split_loss(
         return fixed(x) if n_fixed else (x, x.new_zeros(x.shape[0]))
 
     if noisy:
-        return lambda idx: mapped(dequantize(X[idx])), loss
+        return lambda idx: mapped(_dequantized(X[idx], half[idx])), loss
     parts = [mapped(X[i : i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)]
     Z = torch.cat([z for z, _ in parts])
     fixed_ladj = torch.cat([ladj for _, ladj in parts])
@@ -234,6 +239,7 @@ def train_flow(
     max_time: float | None = None,
     on_epoch: Callable[[int, float, float | None], None] | None = None,
     compile: bool = False,
+    noise: tuple[Tensor, Tensor | None] | None = None,
 ) -> TrainingResult:
     """Fit ``flow`` to ``X_train`` by maximum likelihood, in place.
 
@@ -245,6 +251,12 @@ def train_flow(
     seen so far (``stop_reason="diverged"``). ``compile=True`` runs the
     training loss through ``torch.compile`` (a one-off compilation, then
     faster steps), falling back to eager execution if that fails.
+
+    Dequantization: every step adds fresh uniform noise to the training rows,
+    on ``[-h, h]`` with ``h`` from ``noise`` (half-widths shaped like
+    ``X_train`` and ``X_val``), or else half the flow's per-feature
+    ``dequantization`` widths; the validation rows get one fixed draw, so
+    epochs compare.
     """
     result = TrainingResult()
     params = [p for p in flow.parameters() if p.requires_grad]
@@ -258,23 +270,17 @@ def train_flow(
     # noisy steps and break batch-statistics layers.
     n_batches = max(n // batch_size, 1)
     start_time = time.monotonic()
-    width = flow.dequantization
-    noisy = bool((width > 0).any())
-    if noisy:
-        # Fresh uniform noise on discrete features at every step; the
-        # validation rows get one fixed draw so epochs stay comparable.
-        def dequantize(x: Tensor) -> Tensor:
-            return x + (torch.rand_like(x) - 0.5) * width
-
-        X_val = dequantize(X_val) if X_val is not None else None
+    if noise is None:
+        half = (flow.dequantization / 2).expand_as(X_train)
+        half_val = (flow.dequantization / 2).expand_as(X_val) if X_val is not None else None
     else:
-
-        def dequantize(x: Tensor) -> Tensor:
-            return x
-
-    batch_inputs, batch_loss = _split_loss(flow, X_train, dequantize, noisy)
+        half, half_val = noise
+    noisy = bool((half > 0).any())
+    if noisy and X_val is not None:
+        X_val = _dequantized(X_val, half_val)
+    batch_inputs, batch_loss = _split_loss(flow, X_train, half, noisy)
     ema = _ExponentialAverage(params, flow.ema_decay) if flow.ema_decay else None
-    _initialize_actnorm(flow, dequantize(X_train), generator)
+    _initialize_actnorm(flow, _dequantized(X_train, half) if noisy else X_train, generator)
     blocking = sorted(
         {type(m).__name__ for m in flow.modules() if not getattr(m, "compilable", True)}
     )
