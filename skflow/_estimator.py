@@ -177,13 +177,13 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         are not compiled.
     dequantize : "auto", False or array-like of shape (n_features,), default="auto"
         Discrete features (integer codes, counts, ratings, a handful of
-        levels) and point masses (a value repeated in an otherwise
-        continuous feature, such as a zero for "absent") would let a
+        levels) and point masses (a value shared by many rows of an
+        otherwise continuous feature, such as a zero for "absent") would let a
         continuous density grow without bound on their values. They are
         dequantized: at every training step each such value gets uniform
         noise over its cell. ``"auto"`` detects discrete features (at most
-        half the rows hold a distinct value) and the values a continuous
-        feature repeats; a value's cell is centred on it and reaches halfway
+        half the rows hold a distinct value) and the values that at least 1%
+        of a continuous feature's rows share; a value's cell is centred on it and reaches halfway
         to the nearer neighbouring training value, so an isolated code gets
         a wide cell and a run of integers cells of width 1. ``False`` turns
         this off; an array gives each feature one noise width for all its

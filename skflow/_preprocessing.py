@@ -15,6 +15,11 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 # values rounded to a coarse resolution, point masses such as a zero for
 # "absent"). Continuous measurements are nearly all distinct.
 MAX_DISTINCT_FRACTION = 0.5
+# A value that a continuous column repeats is a point mass to dequantize when
+# it holds at least this share of the rows: a spike the flow would chase. A
+# few coincidental repeats are not worth dequantization noise at every step
+# (and its cost: the fixed layers then run at every step).
+MIN_POINT_MASS = 0.01
 # Values of a column closer than this fraction of its range are one value
 # written two ways (floating-point round-off: a pendigits column holds
 # "zeros" 2e-16 apart), not a resolution to dequantize at.
@@ -90,7 +95,8 @@ def noise_cells(X: np.ndarray, widths: np.ndarray, auto: bool) -> NoiseCells:
     density bonus of log(gap around it / column's finest gap), which would
     rank rows by how many such spikes they hit. A discrete feature's values
     all get cells (new values take the nearest training value's); in a
-    continuous feature only values the training rows repeat get one.
+    continuous feature only point masses (values that at least
+    ``MIN_POINT_MASS`` of the rows, and two or more, hold) get one.
     """
     cells: NoiseCells = []
     for j, column in enumerate(X.T):
@@ -101,9 +107,10 @@ def noise_cells(X: np.ndarray, widths: np.ndarray, auto: bool) -> NoiseCells:
         if widths[j] > 0:  # discrete (a constant column keeps its width 1)
             half = _local_half_gaps(values) if values.size > 1 else np.array([widths[j] / 2])
             cells.append((values, half, None))
-        elif values.size > 1 and counts.max() > 1:  # continuous with point masses
-            repeated = counts > 1  # only these are kept: the model stores them
-            cells.append((values[repeated], _local_half_gaps(values)[repeated], tol))
+        elif values.size > 1 and counts.max() >= max(2, MIN_POINT_MASS * column.size):
+            # Continuous with point masses: only these are kept (the model stores them).
+            masses = counts >= max(2, MIN_POINT_MASS * column.size)
+            cells.append((values[masses], _local_half_gaps(values)[masses], tol))
         else:
             cells.append(0.0)
     return cells
