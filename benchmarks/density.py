@@ -10,8 +10,8 @@ Protocol (one run, same split for every method):
 - KernelDensity: Gaussian kernel on standardized data, bandwidth chosen by 3-fold CV over a
   log grid, density mapped back to original units (minus the sum of log standard deviations).
 - discrete features: FlowDensity dequantizes the features it detects as discrete (lattice
-  values that repeat, few levels, constants) and the values a continuous feature repeats
-  (point masses), and reports the density of X + U at X. A GMM or
+  values that repeat, few levels, constants) and point masses of continuous features (a
+  value at least 1% of the rows share), and reports the density of X + U at X. A GMM or
   KDE fitted to the raw rows instead puts near-singular spikes on such values (a component
   with variance reg_covar), which no continuous density of the data can be compared with.
   So the baselines get the same footing: they are fitted to the training rows plus one
