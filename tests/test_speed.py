@@ -74,6 +74,22 @@ def test_gradient_clipping_matches_torch(max_norm):
     _clip_grad_norm(ours[-1:], max_norm)  # nothing to clip: no error
 
 
+def test_train_flow_takes_per_entry_noise():
+    """Per-entry dequantization half-widths (what FlowDensity's cells give)
+    train; wrongly shaped ones are refused with a message, not a broadcast
+    error deep inside a step."""
+    torch.manual_seed(0)
+    flow = Flow(build_transform("maf", 3, n_layers=1, hidden_units=(8,)), StandardNormal(3))
+    X = torch.randn(64, 3)
+    kw = dict(max_iter=2, batch_size=16, learning_rate=1e-3)
+    result = train_flow(flow, X, X[:8], noise=(torch.full((64, 3), 0.1), torch.zeros(8, 3)), **kw)
+    assert result.n_iter == 2 and np.isfinite(result.loss_curve).all()
+    with pytest.raises(ValueError, match="shaped like X_train and X_val"):
+        train_flow(flow, X, X[:8], noise=(torch.zeros(64, 3), None), **kw)
+    with pytest.raises(ValueError, match="shaped like X_train and X_val"):
+        train_flow(flow, X, None, noise=(torch.zeros(3), None), **kw)
+
+
 def test_maf_sampling_takes_d_passes_per_layer():
     d = 4
     X = np.random.default_rng(0).standard_normal((200, d))

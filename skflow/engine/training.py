@@ -275,6 +275,15 @@ def train_flow(
         half_val = (flow.dequantization / 2).expand_as(X_val) if X_val is not None else None
     else:
         half, half_val = noise
+        if half.shape != X_train.shape or (
+            X_val is not None and (half_val is None or half_val.shape != X_val.shape)
+        ):
+            raise ValueError(
+                "noise must hold half-widths shaped like X_train and X_val: got "
+                f"{tuple(half.shape)} and "
+                f"{None if half_val is None else tuple(half_val.shape)} for "
+                f"{tuple(X_train.shape)} and {None if X_val is None else tuple(X_val.shape)}."
+            )
     noisy = bool((half > 0).any())
     if noisy and X_val is not None:
         X_val = _dequantized(X_val, half_val)
