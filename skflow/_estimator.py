@@ -183,9 +183,10 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         dequantized: at every training step each such value gets uniform
         noise over its cell. ``"auto"`` detects discrete features (at most
         half the rows hold a distinct value) and the values that at least 1%
-        of a continuous feature's rows share; a value's cell is centred on it and reaches halfway
-        to the nearer neighbouring training value, so an isolated code gets
-        a wide cell and a run of integers cells of width 1. ``False`` turns
+        of a continuous feature's rows share; a value's cell is centred on
+        it and reaches halfway to the nearer neighbouring training value, so
+        an isolated code gets a wide cell and a run of integers cells of
+        width 1. ``False`` turns
         this off; an array gives each feature one noise width for all its
         values (0 = continuous). :meth:`score_samples` then reports the
         log-density of the dequantized variable ``X + U`` at ``X``; adding
