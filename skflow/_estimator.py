@@ -423,8 +423,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
 
     def _fit_preprocessing(self, flow: Flow, X: np.ndarray):
         """Set the fixed layers in front of the flow's body from the training
-        rows; return the dequantization widths (each feature's resolution)
-        and cells (see :func:`noise_cells`)."""
+        rows; return the dequantization widths (each feature's resolution),
+        cells (see :func:`noise_cells`) and the half-widths of ``X``'s noise."""
         widths = dequantization_widths(X, self.dequantize)
         cells = noise_cells(X, widths, auto=isinstance(self.dequantize, str))
         half = half_widths(X, cells)
@@ -442,7 +442,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         loc, scale = standardization(X, noise_var, self.whiten)
         layers[1 if self.gaussianize else 0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
         # float64, not the buffer's dtype: sample() snaps onto this lattice.
-        return widths, cells
+        return widths, cells, half
 
     def _validate_X(self, X, **kwargs) -> np.ndarray:
         """``validate_data`` to float64, with an error naming non-numeric columns."""
@@ -558,7 +558,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         # Cast first: fitted buffers set in float32 and cast to float64 would
         # keep only float32 accuracy (the standardization would not invert).
         flow = flow.to(device=device, dtype=dtype)
-        widths, cells = self._fit_preprocessing(flow, X_train)
+        widths, cells, half_train = self._fit_preprocessing(flow, X_train)
 
         def as_tensor(a):
             return torch.tensor(a, dtype=dtype).to(device)
@@ -584,7 +584,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 as_tensor(X_train),
                 as_tensor(X[val_idx]) if val_idx is not None else None,
                 noise=(
-                    as_tensor(half_widths(X_train, cells)),
+                    as_tensor(half_train),
                     as_tensor(half_widths(X[val_idx], cells)) if val_idx is not None else None,
                 ),
                 max_iter=self.max_iter,
@@ -932,8 +932,16 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             state["flow_"] = copy.deepcopy(self.flow_).cpu()
         return state
 
+    def _fill_fitted_defaults(self) -> None:
+        """Models fitted before per-value dequantization cells had one noise
+        width per feature (``dequantization_``): the same constant cells
+        reproduce their sampling exactly."""
+        if "dequantization_" in self.__dict__ and "dequantization_cells_" not in self.__dict__:
+            self.dequantization_cells_ = [float(w) / 2 for w in self.dequantization_]
+
     def __setstate__(self, state):
         super().__setstate__(state)
+        self._fill_fitted_defaults()
         if "flow_" not in self.__dict__:
             return
         device = _usable_device(self.__dict__.get("device_", torch.device("cpu")))
@@ -1074,6 +1082,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             ) from None
         for name, value in fitted.items():
             setattr(est, name, value)
+        est._fill_fitted_defaults()
         saved_device = fitted.get("device_", torch.device("cpu"))
         est.device_ = _usable_device(saved_device) if device is None else resolve_device(device)
         est.flow_ = flow.to(est.device_).eval()

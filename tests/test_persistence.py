@@ -318,3 +318,20 @@ def test_any_json_able_attribute_round_trips_with_its_type(value):
     # What save() writes for a fitted attribute, through real JSON text.
     text = json.dumps(_persistence.encode(value, "attr_"))
     _same(_persistence.decode(json.loads(text)), value)
+
+
+def test_model_fitted_before_dequantization_cells_still_samples(tmp_path):
+    """Files and pickles from before per-value cells hold only one width per
+    feature: loading fills in those constant cells, so sampling snaps onto the
+    same lattice as it did then instead of failing."""
+    rng = np.random.RandomState(0)
+    X = np.column_stack([rng.poisson(3.0, 300), rng.randn(300)]).astype(float)
+    est = FlowDensity(max_iter=3, random_state=0).fit(X)
+    del est.dequantization_cells_  # as written by skflow before the cells
+    path = tmp_path / "old.skflow"
+    est.save(path)
+    for old in (FlowDensity.load(path), pickle.loads(pickle.dumps(est))):
+        assert old.dequantization_cells_ == [0.5, 0.0]
+        S = old.sample(200, random_state=0)
+        np.testing.assert_array_equal(S[:, 0], np.round(S[:, 0]))
+        np.testing.assert_array_equal(old.cell_widths(X[:3]), [[1.0, 0.0]] * 3)
