@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -17,7 +18,8 @@ from sklearn.mixture import GaussianMixture
 from skflow import FlowDensity
 from skflow.engine import Flow, StandardNormal, build_transform
 from skflow.engine.flows import cnf as cnf_module
-from skflow.engine.ode import Dynamics, TimeMLP, draw_probes
+from skflow.engine import ode
+from skflow.engine.ode import Dynamics, TimeMLP, draw_probes, ot_pairing
 
 
 def _cnf(d: int, **options) -> torch.nn.Module:
@@ -251,11 +253,56 @@ def test_fit_is_reproducible():
         ({"augment_dims": -1}, "augment_dims"),
         ({"kinetic_energy": 0.1}, "flow matching"),
         ({"ema_decay": 1.0}, "ema_decay"),
+        ({"coupling": "sinkhorn"}, "coupling"),
     ],
 )
 def test_bad_options_say_what_to_do(options, match):
     with pytest.raises(ValueError, match=match):
         FlowDensity("cnf", kind_options=options).fit(np.random.default_rng(0).normal(size=(20, 2)))
+
+
+def _pair_cost(x0, x1):
+    return (x0 - x1).square().sum(-1)
+
+
+def test_ot_pairing_is_the_optimal_assignment_within_each_group():
+    gen = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(12, 3, generator=gen), torch.randn(12, 3, generator=gen)
+    paired = ot_pairing(x0, x1, group=6)
+    for rows in (slice(0, 6), slice(6, 12)):
+        # The same noise rows, reordered within the group...
+        assert sorted(map(tuple, paired[rows].tolist())) == sorted(map(tuple, x0[rows].tolist()))
+        # ...at the smallest total squared distance of all 720 orders.
+        best = min(
+            _pair_cost(x0[rows][list(order)], x1[rows]).sum()
+            for order in itertools.permutations(range(6))
+        )
+        torch.testing.assert_close(_pair_cost(paired[rows], x1[rows]).sum(), best)
+
+
+def test_ot_pairing_splits_large_batches_into_balanced_blocks(monkeypatch):
+    monkeypatch.setattr(ode, "OT_BLOCK", 4)
+    gen = torch.Generator().manual_seed(1)
+    x0, x1 = torch.randn(10, 2, generator=gen), torch.randn(10, 2, generator=gen)
+    paired = ot_pairing(x0, x1, group=10)
+    # Blocks of 4, 3, 3 rows (no remainder block of 2): each row keeps its block.
+    for rows in (slice(0, 4), slice(4, 7), slice(7, 10)):
+        assert sorted(map(tuple, paired[rows].tolist())) == sorted(map(tuple, x0[rows].tolist()))
+    # Pairing by transport shortens the noise-to-data paths flow matching regresses on.
+    assert _pair_cost(paired, x1).sum() < _pair_cost(x0, x1).sum()
+
+
+def test_flow_matching_coupling_option_reaches_the_loss(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cnf_module, "ot_pairing", lambda x0, x1, group: calls.append(group) or x0)
+    X = _moons(64, 0)
+    for coupling, expected in (("independent", 0), ("ot", 1)):
+        calls.clear()
+        est = FlowDensity("cnf", hidden_units=8, max_iter=1, batch_size=64, early_stopping=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.set_params(kind_options={"coupling": coupling}).fit(X)
+        assert len(calls) == expected, coupling
 
 
 def test_flow_matching_keeps_the_weight_average(monkeypatch):

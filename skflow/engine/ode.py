@@ -15,8 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+
+# Rows per exact assignment in :func:`ot_pairing`: the Hungarian algorithm
+# costs O(rows^3) (2.3 ms for 256 rows on one CPU core, 13 ms for 512), so
+# larger batches are paired block by block.
+OT_BLOCK = 256
 
 
 class TimeMLP(nn.Module):
@@ -63,6 +70,28 @@ def draw_probes(
     if kind == "rademacher":
         eps = eps.sign()
     return eps.to(like.device)
+
+
+@torch.compiler.disable
+def ot_pairing(x0: Tensor, x1: Tensor, group: int) -> Tensor:
+    """Minibatch optimal-transport coupling (Tong et al. 2023,
+    arXiv:2302.00482; Pooladian et al. 2023, arXiv:2304.14772): the rows of
+    ``x0`` reordered so that, within each block of consecutive rows, they pair
+    with the rows of ``x1`` at minimal total squared distance (an exact
+    assignment, solved on the CPU). Blocks never straddle two ``group``-row
+    groups (one group per draw of a validation batch) and hold at most
+    :data:`OT_BLOCK` rows, balanced so that no block is a small remainder."""
+    a = x1.detach().to("cpu", torch.float64).numpy()
+    b = x0.detach().to("cpu", torch.float64).numpy()
+    order = np.empty(len(a), dtype=np.int64)
+    for start in range(0, len(a), group):
+        rows = np.arange(start, min(start + group, len(a)))
+        for block in np.array_split(rows, -(-len(rows) // OT_BLOCK)):
+            # |a - b|^2 up to the row term |a|^2, which no assignment changes.
+            cost = (b[block] ** 2).sum(1) - 2 * a[block] @ b[block].T
+            _, cols = linear_sum_assignment(cost)
+            order[block] = block[cols]
+    return x0[torch.from_numpy(order).to(x0.device)]
 
 
 class Dynamics(nn.Module):

@@ -23,7 +23,17 @@ Two training methods:
   is simulation-free -- one network evaluation per row, no ODE -- and the
   model is still a CNF, so its exact log-likelihood is computed by the same
   ODE at scoring time. This is the default: it reaches a better held-out
-  log-likelihood per second of training (``benchmarks/cnf.py``).
+  log-likelihood per second of training (``benchmarks/cnf.py``). By default
+  (``coupling="ot"``) each minibatch pairs noise and data rows by an exact
+  optimal-transport assignment (Tong et al. 2023, arXiv:2302.00482) instead
+  of at random: the paths cross less, so the regression target is less noisy
+  and the learned field straighter. The data reach the ODE already
+  Gaussianized and whitened, so the paired noise lies close to its data row
+  and the field stays small. On ``benchmarks/cnf.py`` this raised the held-out
+  log-likelihood at every time budget, despite doubling the cost of a step,
+  and cut the scoring solve from 32-44 to 26 evaluations; ``"independent"``
+  restores random pairs (no per-step CPU work: the pairing moves a
+  minibatch to the CPU, a host sync per step on a GPU).
 
 Scoring (eval mode) uses the exact trace -- ``D`` vector-Jacobian products
 batched into one backward pass -- up to ``exact_max_dim`` dimensions, and
@@ -60,12 +70,13 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from skflow.engine.ode import Dynamics, TimeMLP, draw_probes
+from skflow.engine.ode import Dynamics, TimeMLP, draw_probes, ot_pairing
 from skflow.engine.transforms import Transform
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 FIXED_SOLVERS = ("euler", "midpoint", "heun3", "rk4")
 TRAININGS = ("mle", "flow_matching")
+COUPLINGS = ("ot", "independent")
 TRACES = ("auto", "exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 # Flow-matching validation loss: draws of (time, noise) per validation row,
@@ -99,6 +110,7 @@ def _check_options(
     kinetic_energy: float,
     jacobian_norm: float,
     sigma_min: float,
+    coupling: str,
     augment_dims: int,
     augment_samples: int,
     ema_decay: float | None,
@@ -106,6 +118,7 @@ def _check_options(
     """Raise ValueError, saying what to change, for an invalid option."""
     choices = {
         "training": (training, TRAININGS),
+        "coupling": (coupling, COUPLINGS),
         "trace": (trace, TRACES),
         "probe": (probe, PROBES),
         "solver": (solver, ADAPTIVE_SOLVERS + FIXED_SOLVERS),
@@ -169,7 +182,9 @@ class ContinuousFlow(Transform):
     (``"rademacher"`` or ``"gaussian"``), ``n_probes`` per training solve and
     ``score_probes`` per scoring solve; ``kinetic_energy`` and
     ``jacobian_norm`` regularization weights (``mle`` only); ``sigma_min``
-    (flow matching path width at the data); ``augment_dims`` and
+    (flow matching path width at the data); ``coupling`` (flow matching
+    pairs of noise and data rows: ``"ot"``, an optimal-transport assignment
+    within each minibatch, or ``"independent"``); ``augment_dims`` and
     ``augment_samples`` (noise augmentation; see the module docstring);
     ``ema_decay`` (training validates and keeps an exponential moving
     average of the weights with this decay per step; ``None``: 0.999 for
@@ -202,6 +217,7 @@ class ContinuousFlow(Transform):
         kinetic_energy: float = 0.0,
         jacobian_norm: float = 0.0,
         sigma_min: float = 0.0,
+        coupling: str = "ot",
         augment_dims: int = 0,
         augment_samples: int = 16,
         ema_decay: float | None = None,
@@ -220,6 +236,7 @@ class ContinuousFlow(Transform):
             kinetic_energy,
             jacobian_norm,
             sigma_min,
+            coupling,
             augment_dims,
             augment_samples,
             ema_decay,
@@ -238,6 +255,7 @@ class ContinuousFlow(Transform):
         self.exact_max_dim = exact_max_dim
         self.kinetic_energy, self.jacobian_norm = float(kinetic_energy), float(jacobian_norm)
         self.sigma_min = float(sigma_min)
+        self.coupling = coupling
         if ema_decay is None:
             ema_decay = FM_EMA_DECAY if training == "flow_matching" else 0.0
         self.ema_decay = float(ema_decay) or None
@@ -421,6 +439,8 @@ class ContinuousFlow(Transform):
     ) -> Tensor:
         x1 = self._pad(x, n_draws, generator) if self.augment_dims else x.repeat(n_draws, 1)
         x0 = draw_probes(1, x1, "gaussian", generator)[0]
+        if self.coupling == "ot":
+            x0 = ot_pairing(x0, x1, group=x.shape[0])
         device = generator.device if generator is not None else x.device
         t = torch.rand(x1.shape[0], 1, generator=generator, device=device, dtype=x.dtype)
         t = t.to(x.device)
