@@ -16,9 +16,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from skflow import FlowDensity
-from skflow.engine import Flow, StandardNormal, build_transform
+from skflow.engine import Flow, StandardNormal, build_transform, ode
 from skflow.engine.flows import cnf as cnf_module
-from skflow.engine import ode
 from skflow.engine.ode import Dynamics, TimeMLP, draw_probes, ot_pairing
 
 
@@ -268,7 +267,7 @@ def _pair_cost(x0, x1):
 def test_ot_pairing_is_the_optimal_assignment_within_each_group():
     gen = torch.Generator().manual_seed(0)
     x0, x1 = torch.randn(12, 3, generator=gen), torch.randn(12, 3, generator=gen)
-    paired = ot_pairing(x0, x1, group=6)
+    paired = x0[ot_pairing(x0, x1, group=6)]
     for rows in (slice(0, 6), slice(6, 12)):
         # The same noise rows, reordered within the group...
         assert sorted(map(tuple, paired[rows].tolist())) == sorted(map(tuple, x0[rows].tolist()))
@@ -284,7 +283,7 @@ def test_ot_pairing_splits_large_batches_into_balanced_blocks(monkeypatch):
     monkeypatch.setattr(ode, "OT_BLOCK", 4)
     gen = torch.Generator().manual_seed(1)
     x0, x1 = torch.randn(10, 2, generator=gen), torch.randn(10, 2, generator=gen)
-    paired = ot_pairing(x0, x1, group=10)
+    paired = x0[ot_pairing(x0, x1, group=10)]
     # Blocks of 4, 3, 3 rows (no remainder block of 2): each row keeps its block.
     for rows in (slice(0, 4), slice(4, 7), slice(7, 10)):
         assert sorted(map(tuple, paired[rows].tolist())) == sorted(map(tuple, x0[rows].tolist()))
@@ -294,7 +293,12 @@ def test_ot_pairing_splits_large_batches_into_balanced_blocks(monkeypatch):
 
 def test_flow_matching_coupling_option_reaches_the_loss(monkeypatch):
     calls = []
-    monkeypatch.setattr(cnf_module, "ot_pairing", lambda x0, x1, group: calls.append(group) or x0)
+
+    def counted(x0, x1, group):
+        calls.append(group)
+        return torch.arange(len(x0))
+
+    monkeypatch.setattr(cnf_module, "ot_pairing", counted)
     X = _moons(64, 0)
     for coupling, expected in (("independent", 0), ("ot", 1)):
         calls.clear()
@@ -303,6 +307,27 @@ def test_flow_matching_coupling_option_reaches_the_loss(monkeypatch):
             warnings.simplefilter("ignore", ConvergenceWarning)
             est.set_params(kind_options={"coupling": coupling}).fit(X)
         assert len(calls) == expected, coupling
+
+
+def test_validation_pairings_are_computed_once(monkeypatch):
+    calls = []
+
+    def counted(x0, x1, group):
+        calls.append(group)
+        return ot_pairing(x0, x1, group)
+
+    monkeypatch.setattr(cnf_module, "ot_pairing", counted)
+    torch.manual_seed(0)
+    flow = _cnf(2).eval()
+    x = torch.randn(30, 2, dtype=torch.float64)
+    first = flow.training_loss(x, torch.zeros(30, dtype=torch.float64))
+    torch.testing.assert_close(flow.training_loss(x, torch.zeros(30, dtype=torch.float64)), first)
+    assert len(calls) == 1  # the same rows and draws: paired once
+    flow.training_loss(x + 1, torch.zeros(30, dtype=torch.float64))
+    assert len(calls) == 2  # other rows: paired anew
+    flow.train().training_loss(x, torch.zeros(30, dtype=torch.float64))
+    flow.training_loss(x, torch.zeros(30, dtype=torch.float64))
+    assert len(calls) == 4  # training draws are fresh at every step
 
 
 def test_flow_matching_keeps_the_weight_average(monkeypatch):

@@ -75,10 +75,10 @@ def draw_probes(
 @torch.compiler.disable
 def ot_pairing(x0: Tensor, x1: Tensor, group: int) -> Tensor:
     """Minibatch optimal-transport coupling (Tong et al. 2023,
-    arXiv:2302.00482; Pooladian et al. 2023, arXiv:2304.14772): the rows of
-    ``x0`` reordered so that, within each block of consecutive rows, they pair
-    with the rows of ``x1`` at minimal total squared distance (an exact
-    assignment, solved on the CPU). Blocks never straddle two ``group``-row
+    arXiv:2302.00482; Pooladian et al. 2023, arXiv:2304.14772): the order
+    of the rows of ``x0`` (an index tensor) that pairs them, within each block
+    of consecutive rows, with the rows of ``x1`` at minimal total squared
+    distance (an exact assignment, solved on the CPU). Blocks never straddle two ``group``-row
     groups (one group per draw of a validation batch) and hold at most
     :data:`OT_BLOCK` rows, balanced so that no block is a small remainder."""
     a = x1.detach().to("cpu", torch.float64).numpy()
@@ -91,7 +91,7 @@ def ot_pairing(x0: Tensor, x1: Tensor, group: int) -> Tensor:
             cost = (b[block] ** 2).sum(1) - 2 * a[block] @ b[block].T
             _, cols = linear_sum_assignment(cost)
             order[block] = block[cols]
-    return x0[torch.from_numpy(order).to(x0.device)]
+    return torch.from_numpy(order).to(x0.device)
 
 
 class Dynamics(nn.Module):

