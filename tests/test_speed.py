@@ -74,6 +74,48 @@ def test_gradient_clipping_matches_torch(max_norm):
     _clip_grad_norm(ours[-1:], max_norm)  # nothing to clip: no error
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_adamw_steps_exactly_like_torch(dtype):
+    """The training loop's AdamW (one fused-kernel call, one shared step
+    count) moves the parameters bit for bit like
+    ``torch.optim.AdamW(fused=True)``, with weight decay, and still does once
+    a parameter misses its gradient (it keeps its state, as in torch)."""
+    from skflow.engine.training import _FusedAdamW, _make_optimizer
+
+    torch.manual_seed(0)
+    shapes = [(6, 3), (6,), (2, 6)]
+    ours = [torch.randn(s, dtype=dtype, requires_grad=True) for s in shapes]
+    ref = [p.detach().clone().requires_grad_(True) for p in ours]
+    optimizer = _make_optimizer(ours, 1e-2, 0.1)
+    assert isinstance(optimizer, _FusedAdamW)
+    reference = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1, fused=True)
+    for step in range(12):
+        optimizer.zero_grad()
+        reference.zero_grad()
+        # From step 6 on, the last parameter gets a gradient every other step.
+        with_grad = range(len(shapes) - (step >= 6 and step % 2 == 0))
+        for i in with_grad:
+            ours[i].grad = torch.randn(shapes[i], dtype=dtype)
+            ref[i].grad = ours[i].grad.clone()
+        optimizer.step()
+        reference.step()
+        for a, b in zip(ours, ref, strict=True):
+            assert torch.equal(a, b), step
+
+
+def test_optimizer_falls_back_without_the_fused_kernel(monkeypatch):
+    from skflow.engine import training
+
+    def changed(*args, **kwargs):
+        raise TypeError("unexpected keyword argument")
+
+    monkeypatch.setattr(torch, "_fused_adamw_", changed)
+    params = [torch.zeros(3, requires_grad=True)]
+    assert isinstance(training._make_optimizer(params, 1e-3, 0.0), torch.optim.AdamW)
+    monkeypatch.delattr(torch, "_fused_adamw_")
+    assert isinstance(training._make_optimizer(params, 1e-3, 0.0), torch.optim.AdamW)
+
+
 def test_train_flow_takes_per_entry_noise():
     """Per-entry dequantization half-widths (what FlowDensity's cells give)
     train; wrongly shaped ones are refused with a message, not a broadcast
