@@ -74,6 +74,17 @@ def _usable_device(wanted: str | torch.device) -> torch.device:
         return torch.device("cpu")
 
 
+def _numpy_dtypes(X) -> list[str | None] | None:
+    """The numpy dtype of each numeric column of a DataFrame (None for other
+    types, e.g. pandas' nullable "Int64"); None for anything else."""
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None or not hasattr(dtypes, "items"):
+        return None
+    return [
+        str(t) if isinstance(t, np.dtype) and t.kind in "biuf" else None for _, t in dtypes.items()
+    ]
+
+
 class FlowDensity(OutlierMixin, BaseEstimator):
     """Normalizing-flow density estimator and outlier detector.
 
@@ -230,6 +241,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Column names, when ``X`` was a DataFrame with string column names.
+    feature_dtypes_ : list of str or None
+        When ``X`` was a DataFrame: each column's numpy dtype (``None`` for
+        pandas extension types such as ``"Int64"``), which
+        ``sample(as_frame=True)`` restores (integer draws rounded, booleans
+        as ``True``/``False``).
     loss_curve_ : list of float
         Mean training negative log-likelihood (nats per row) of each epoch.
         For ``"cnf"`` with ``training="mle"`` the regularization terms are
@@ -529,6 +545,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         >>> est.n_features_in_, est.n_iter_ == len(est.loss_curve_)
         (13, True)
         """
+        column_dtypes = _numpy_dtypes(X)
         X = self._validate_X(X, ensure_min_samples=2)
         self._check_representable(X)
         hidden_units = self._hidden_units(len(X))  # fail fast, before any torch work
@@ -617,6 +634,12 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         nfe = getattr(flow.transform.transforms[-1], "nfe", None)
         if nfe is not None:
             self.nfe_ = dict(nfe)
+        else:
+            self.__dict__.pop("nfe_", None)  # from an earlier fit of an ODE kind
+        if column_dtypes is not None:
+            self.feature_dtypes_ = column_dtypes
+        else:
+            self.__dict__.pop("feature_dtypes_", None)
         self.reconstruction_error_ = self._check_invertibility(X_train, rng)
         return self
 
@@ -885,7 +908,10 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             Seed for the draws; the same seed gives the same samples.
         as_frame : bool, default=False
             Return a pandas DataFrame whose columns are ``feature_names_in_``
-            (``x0``, ``x1``, ... when ``fit`` saw no column names).
+            (``x0``, ``x1``, ... when ``fit`` saw no column names) and, when
+            ``fit`` saw a DataFrame, whose columns have its numpy dtypes
+            (``feature_dtypes_``): integer columns come back as integers,
+            boolean ones as booleans.
 
         Returns
         -------
@@ -921,7 +947,24 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         names = getattr(self, "feature_names_in_", None)
         if names is None:
             names = [f"x{i}" for i in range(self.n_features_in_)]
-        return pd.DataFrame(samples, columns=list(names))
+        frame = pd.DataFrame(samples, columns=list(names))
+        dtypes = getattr(self, "feature_dtypes_", None)
+        if dtypes is None:
+            return frame
+        for name, dtype in zip(frame.columns, dtypes, strict=True):
+            if dtype is None:
+                continue
+            column = frame[name]
+            kind = np.dtype(dtype).kind
+            if kind == "b":
+                column = column > 0.5  # snapped onto the training values 0 and 1
+            elif kind in "iu":
+                # A column with many values is modelled as continuous: round
+                # its draws, within what the integer type holds.
+                info = np.iinfo(dtype)
+                column = column.round().clip(info.min, info.max)
+            frame[name] = column.astype(dtype)
+        return frame
 
     # ---------------------------------------------------------- persistence
     def __getstate__(self):

@@ -233,6 +233,15 @@ def test_augmented_fit_scores_and_samples(training):
     assert not np.array_equal(samples, est.sample(6, random_state=2))
 
 
+def test_refit_as_another_kind_drops_nfe():
+    X = _moons(100, 0)
+    est = FlowDensity("cnf", n_layers=1, hidden_units=8, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        assert "fit_total" in est.fit(X).nfe_
+        assert not hasattr(est.set_params(kind="maf").fit(X), "nfe_")
+
+
 def test_fit_is_reproducible():
     X = _moons(200, 0)
     est = FlowDensity("cnf", n_layers=1, hidden_units=16, max_iter=2, random_state=3)

@@ -97,6 +97,43 @@ def test_sample_as_frame_keeps_the_column_names(moons):
     np.testing.assert_array_equal(out.to_numpy(), est.sample(7, random_state=0))
 
 
+def test_sample_as_frame_restores_the_column_dtypes(tmp_path):
+    """Integer, boolean and float32 columns come back with their dtypes:
+    integer draws are whole numbers within the type's range (also for a
+    column with too many values to be treated as discrete), booleans are
+    True/False; nullable pandas types stay float64. The dtypes survive
+    saving, and a refit on an array forgets them."""
+    rng = np.random.default_rng(0)
+    n = 300
+    df = pd.DataFrame(
+        {
+            "count": rng.poisson(3, n),
+            "flag": rng.random(n) > 0.3,
+            "wide": rng.integers(0, 60_000, n).astype(np.uint16),
+            "value": rng.normal(size=n).astype(np.float32),
+            "nullable": pd.array(rng.integers(0, 4, n), dtype="Int64"),
+        }
+    )
+    est = FlowDensity(**FAST).fit(df)
+    assert est.feature_dtypes_ == ["int64", "bool", "uint16", "float32", None]
+    path = tmp_path / "model.safetensors"
+    est.save(path)
+    for model in (est, FlowDensity.load(path)):
+        out = model.sample(500, random_state=0, as_frame=True)
+        expected = ["int64", "bool", "uint16", "float32", "float64"]
+        assert [str(t) for t in out.dtypes] == expected
+        assert set(out["flag"]) == {True, False}
+        assert set(out["count"]) <= set(df["count"])  # discrete: training values only
+        assert out["wide"].between(0, 65_535).all()
+        # The numbers are the array's, rounded where the type is integer.
+        raw = model.sample(500, random_state=0)
+        np.testing.assert_array_equal(out["count"], raw[:, 0])
+        np.testing.assert_allclose(out["wide"], np.clip(np.round(raw[:, 2]), 0, 65_535))
+    est.fit(df.to_numpy(dtype=float))
+    assert not hasattr(est, "feature_dtypes_")
+    assert (est.sample(3, as_frame=True).dtypes == np.float64).all()
+
+
 def test_sample_as_frame_without_names_uses_x_columns(moons):
     est = FlowDensity(**FAST).fit(moons)
     assert not hasattr(est, "feature_names_in_")
