@@ -242,8 +242,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Column names, when ``X`` was a DataFrame with string column names.
     feature_dtypes_ : list of str or None
-        When ``X`` was a DataFrame: each column's numpy dtype (``None`` for
-        pandas extension types such as ``"Int64"``), which
+        When ``X`` was a pandas DataFrame: each column's numpy dtype (``None``
+        for other types, such as pandas' nullable ``"Int64"``), which
         ``sample(as_frame=True)`` restores (integer draws rounded, booleans
         as ``True``/``False``).
     loss_curve_ : list of float
@@ -951,20 +951,23 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         dtypes = getattr(self, "feature_dtypes_", None)
         if dtypes is None:
             return frame
+        restored = {}
         for name, dtype in zip(frame.columns, dtypes, strict=True):
-            if dtype is None:
-                continue
             column = frame[name]
+            if dtype is None or not np.isfinite(column).all():
+                continue  # (a non-finite draw stays float64, as in the array)
             kind = np.dtype(dtype).kind
             if kind == "b":
                 column = column > 0.5  # snapped onto the training values 0 and 1
             elif kind in "iu":
                 # A column with many values is modelled as continuous: round
-                # its draws, within what the integer type holds.
+                # its draws, within what the integer type holds (int64's
+                # limits are not floats: clip just inside them).
                 info = np.iinfo(dtype)
-                column = column.round().clip(info.min, info.max)
-            frame[name] = column.astype(dtype)
-        return frame
+                low, high = np.nextafter(float(info.min), 0), np.nextafter(float(info.max), 0)
+                column = column.round().clip(low, high)
+            restored[name] = column.astype(dtype)
+        return frame.assign(**restored) if restored else frame
 
     # ---------------------------------------------------------- persistence
     def __getstate__(self):

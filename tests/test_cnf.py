@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+import pickle
 import warnings
 
 import numpy as np
@@ -337,6 +339,13 @@ def test_validation_pairings_are_computed_once(monkeypatch):
     flow.train().training_loss(x, torch.zeros(30, dtype=torch.float64))
     flow.training_loss(x, torch.zeros(30, dtype=torch.float64))
     assert len(calls) == 4  # training draws are fresh at every step
+    flow.eval()
+    flow.seed.fill_(int(flow.seed) + 1)
+    flow.training_loss(x, torch.zeros(30, dtype=torch.float64))
+    assert len(calls) == 5  # another seed draws other noise: paired anew
+    # The memo is not carried into copies and pickles.
+    assert flow._fixed_pairings and not copy.deepcopy(flow)._fixed_pairings
+    assert not pickle.loads(pickle.dumps(flow))._fixed_pairings
 
 
 def test_flow_matching_keeps_the_weight_average(monkeypatch):
@@ -361,7 +370,7 @@ def test_flow_matching_keeps_the_weight_average(monkeypatch):
             kind_options={"ema_decay": decay},
         ).fit(X)
         field = est.flow_.transform.transforms[-1].blocks[0].field
-        return float(list(field.parameters())[-2].norm())
+        return float(list(field.parameters())[-2].detach().norm())
 
     averaged, raw = last_layer_norm(0.999), last_layer_norm(0.0)
     assert len(swaps) == 2 * 5  # to the average and back, every epoch, only when asked

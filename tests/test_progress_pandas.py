@@ -134,6 +134,23 @@ def test_sample_as_frame_restores_the_column_dtypes(tmp_path):
     assert (est.sample(3, as_frame=True).dtypes == np.float64).all()
 
 
+def test_sample_as_frame_integer_columns_never_wrap(monkeypatch):
+    df = pd.DataFrame({"big": np.arange(300, dtype=np.int64) * 7, "small": np.arange(300) % 2})
+    est = FlowDensity(**FAST).fit(df)
+    draws = np.array([[1e30, 1.0], [-np.inf, 0.0], [np.nan, 1.0], [12.4, 0.0]])
+    monkeypatch.setattr(est, "_snap_to_lattice", lambda x: draws)
+    out = est.sample(4, as_frame=True)
+    # A non-finite draw keeps its column float64, as in the array...
+    assert str(out["big"].dtype) == "float64" and np.isnan(out["big"][2])
+    assert str(out["small"].dtype) == "int64"
+    finite = draws[[0, 3]]
+    monkeypatch.setattr(est, "_snap_to_lattice", lambda x: finite)
+    out = est.sample(2, as_frame=True)
+    # ...and a huge one saturates at the type's limit instead of wrapping around.
+    assert str(out["big"].dtype) == "int64"
+    assert out["big"][0] > 9e18 and out["big"][1] == 12
+
+
 def test_sample_as_frame_without_names_uses_x_columns(moons):
     est = FlowDensity(**FAST).fit(moons)
     assert not hasattr(est, "feature_names_in_")

@@ -81,6 +81,7 @@ def ot_pairing(x0: Tensor, x1: Tensor, group: int) -> Tensor:
     distance (an exact assignment, solved on the CPU). Blocks never straddle two ``group``-row
     groups (one group per draw of a validation batch) and hold at most
     :data:`OT_BLOCK` rows, balanced so that no block is a small remainder."""
+    group = max(group, 1)  # an empty batch has nothing to pair
     a = x1.detach().to("cpu", torch.float64).numpy()
     b = x0.detach().to("cpu", torch.float64).numpy()
     order = np.empty(len(a), dtype=np.int64)

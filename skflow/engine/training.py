@@ -109,7 +109,9 @@ class _FusedAdamW:
         self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
         # float32 on the parameters' device, as torch.optim keeps it for the
         # fused kernel: incrementing it never waits for a GPU.
-        self.shared_step: Tensor | None = torch.zeros((), device=params[0].device)
+        self.shared_step: Tensor | None = torch.zeros(
+            (), dtype=torch.float32, device=params[0].device
+        )
         self.steps = [self.shared_step] * len(params)
         self.options = {
             "lr": lr,
@@ -123,7 +125,10 @@ class _FusedAdamW:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
-            p.grad = None
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
 
     @torch.no_grad()
     def step(self) -> None:
@@ -156,7 +161,7 @@ def _fused_kernel_works(like: Tensor) -> bool:
     except (AttributeError, RuntimeError, TypeError):
         return False
     # Adam's first step moves by -lr * sign(grad).
-    return abs(float(scratch) + 0.1) < 1e-4
+    return abs(float(scratch.detach()) + 0.1) < 1e-4
 
 
 def _make_optimizer(
@@ -165,11 +170,11 @@ def _make_optimizer(
     """AdamW, fused into one kernel over all parameters where torch has that
     (CPU and CUDA; see :class:`_FusedAdamW`): the per-parameter Python loop of
     the default implementation costs about 15% of a small flow's step on CPU.
-    Other devices (MPS, older torch) and mixed devices or dtypes get
-    ``torch.optim.AdamW``."""
-    same = len({(p.device, p.dtype) for p in params}) == 1
-    if same and params[0].device.type in ("cpu", "cuda"):
-        if _fused_kernel_works(params[0]):
+    Mixed devices or dtypes get ``torch.optim.AdamW(fused=True)``; other
+    devices (MPS) and torch releases without the kernel the unfused one."""
+    if all(p.device.type in ("cpu", "cuda") for p in params):
+        same = len({(p.device, p.dtype) for p in params}) == 1
+        if same and _fused_kernel_works(params[0]):
             return _FusedAdamW(params, lr, weight_decay)
         try:
             return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
