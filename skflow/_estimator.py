@@ -572,6 +572,20 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                     f"kind_options={self.kind_options!r} are not valid for kind={self.kind!r}: "
                     f"{exc}"
                 ) from None
+        n_train = len(train_idx)
+        if n_train <= X.shape[1]:
+            # n points span at most n - 1 dimensions: a density in all of
+            # them can only pile up near that subspace.
+            warnings.warn(
+                f"FlowDensity trains on {n_train} row{'s' * (n_train != 1)} (after the "
+                "validation split) "
+                f"in {X.shape[1]} dimensions: with no more rows than features the density "
+                "collapses towards the rows' subspace, so training rows score far above new "
+                "ones. Use more rows, fewer features (e.g. PCA in a Pipeline), or a smaller "
+                "validation_fraction.",
+                UserWarning,
+                stacklevel=3,
+            )
         # Cast first: fitted buffers set in float32 and cast to float64 would
         # keep only float32 accuracy (the standardization would not invert).
         flow = flow.to(device=device, dtype=dtype)

@@ -418,3 +418,14 @@ def test_scoring_and_sampling_in_chunks_match_one_pass(fitted, monkeypatch):
     monkeypatch.setattr(skflow.engine.distributions, "SAMPLE_CHUNK", 7)
     np.testing.assert_allclose(fitted.score_samples(X), scores, rtol=1e-6)
     np.testing.assert_allclose(fitted.sample(50, random_state=0), samples, rtol=1e-5, atol=1e-6)
+
+
+def test_fewer_rows_than_features_warns_at_the_callers_line():
+    X = np.random.default_rng(0).normal(size=(8, 10))
+    with pytest.warns(UserWarning, match="7 rows .* in 10 dimensions") as record:
+        FlowDensity(n_layers=1, hidden_units=4, max_iter=2, random_state=0).fit(X)
+    assert any(w.filename == __file__ for w in record if "dimensions" in str(w.message))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        FlowDensity(n_layers=1, hidden_units=4, max_iter=2, random_state=0).fit(X[:, :5])
