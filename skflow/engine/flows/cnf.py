@@ -87,8 +87,9 @@ _FM_VALIDATION_DRAWS = 8
 _LOG_2PI = math.log(2 * math.pi)
 # Flow matching validates and keeps an exponential moving average of its
 # weights (decay per step): the raw weights' noisy regression steps stalled
-# early stopping 0.5 / 1.1 / 0.08 nats per row lower on uci_airfoil /
-# uci_concrete / uci_wine (benchmarks/cnf.py settings).
+# early stopping after ~7 s, 0.47 / 0.56 nats per row lower on uci_airfoil /
+# uci_concrete (uci_wine 0.03 higher) than 24-s fits with the average
+# (benchmarks/cnf.py settings, optimal-transport pairing).
 FM_EMA_DECAY = 0.999
 # Memoized pairings of fixed validation draws, one per validation chunk (of
 # 4,096 rows on a CPU); beyond this many the oldest are dropped.
