@@ -104,6 +104,11 @@ def test_fused_adamw_steps_exactly_like_torch(dtype):
         reference.step()
         for a, b in zip(ours, ref, strict=True):
             assert torch.equal(a, b), step
+    # Like torch.optim: zero the gradients in place, or drop them.
+    optimizer.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in ours[:2])
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in ours)
 
 
 def test_fit_raises_no_torch_warning():

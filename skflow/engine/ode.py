@@ -76,11 +76,12 @@ def draw_probes(
 def ot_pairing(x0: Tensor, x1: Tensor, group: int) -> Tensor:
     """Minibatch optimal-transport coupling (Tong et al. 2023,
     arXiv:2302.00482; Pooladian et al. 2023, arXiv:2304.14772): the order
-    of the rows of ``x0`` (an index tensor) that pairs them, within each block
-    of consecutive rows, with the rows of ``x1`` at minimal total squared
-    distance (an exact assignment, solved on the CPU). Blocks never straddle two ``group``-row
-    groups (one group per draw of a validation batch) and hold at most
-    :data:`OT_BLOCK` rows, balanced so that no block is a small remainder."""
+    of the rows of ``x0`` (an index tensor) that pairs them, within each
+    block of consecutive rows, with the rows of ``x1`` at minimal total
+    squared distance (an exact assignment, solved on the CPU). Blocks never
+    straddle two ``group``-row groups (one group per draw of a validation
+    batch) and hold at most :data:`OT_BLOCK` rows, balanced so that no block
+    is a small remainder."""
     group = max(group, 1)  # an empty batch has nothing to pair
     a = x1.detach().to("cpu", torch.float64).numpy()
     b = x0.detach().to("cpu", torch.float64).numpy()

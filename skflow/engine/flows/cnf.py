@@ -32,9 +32,9 @@ Two training methods:
   and the field stays small. On ``benchmarks/cnf.py`` this raised the held-out
   log-likelihood at every time budget but one (wine's shortest), despite
   doubling the cost of a step, and cut the scoring solve from 32-44 to 26-32
-  evaluations; ``"independent"``
-  restores random pairs (no per-step CPU work: the pairing moves a
-  minibatch to the CPU, a host sync per step on a GPU).
+  evaluations. ``"independent"`` restores random pairs, with no per-step CPU
+  work (the pairing moves each minibatch to the CPU: a host sync per step on
+  a GPU).
 
 Scoring (eval mode) uses the exact trace -- ``D`` vector-Jacobian products
 batched into one backward pass -- up to ``exact_max_dim`` dimensions, and
