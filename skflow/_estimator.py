@@ -160,8 +160,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         rows; with fewer the share flagged varies widely from fit to fit
         (see the outlier guide).
     device : str or torch.device, default="auto"
-        Where to train and score: ``"auto"`` picks CUDA, then MPS, then CPU;
-        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``.
+        Where to train and score: ``"auto"`` picks CUDA, then MPS (with
+        ``dtype="float32"``: MPS has no float64), then CPU; ``"cpu"``,
+        ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``.
         Requesting a device this machine lacks raises ``ValueError``.
     dtype : {"float32", "float64"}, default="float32"
         Floating point precision of the flow; ``"float64"`` is slower but
@@ -549,8 +550,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         X = self._validate_X(X, ensure_min_samples=2)
         self._check_representable(X)
         hidden_units = self._hidden_units(len(X))  # fail fast, before any torch work
-        device = resolve_device(self.device)
         dtype = _DTYPES[self.dtype]
+        device = resolve_device(self.device, dtype)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
 
@@ -1144,6 +1145,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             setattr(est, name, value)
         est._fill_fitted_defaults()
         saved_device = fitted.get("device_", torch.device("cpu"))
-        est.device_ = _usable_device(saved_device) if device is None else resolve_device(device)
+        if device is not None:
+            est.device_ = resolve_device(device, _DTYPES[est.dtype])
+        else:
+            est.device_ = _usable_device(saved_device)
         est.flow_ = flow.to(est.device_).eval()
         return est

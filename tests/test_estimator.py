@@ -16,7 +16,9 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+import skflow.engine.device
 from skflow import FlowDensity
+from skflow.engine import resolve_device
 
 FAST = dict(n_layers=2, hidden_units=16, max_iter=15, random_state=0)
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -221,6 +223,17 @@ def test_invalid_parameters_raise_clear_errors(params, match, moons):
 def test_unavailable_device_raises(moons):
     with pytest.raises(ValueError, match="CUDA is not available"):
         FlowDensity(device="cuda", **FAST).fit(moons)
+
+
+def test_mps_is_float32_only(monkeypatch, moons):
+    """Apple's GPUs have no float64: "auto" passes them over for float64 and
+    an explicit "mps" says so, before any torch work."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(skflow.engine.device, "_mps_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    assert resolve_device("auto", torch.float64) == torch.device("cpu")
+    with pytest.raises(ValueError, match="MPS has no float64"):
+        FlowDensity(device="mps", dtype="float64", **FAST).fit(moons)
 
 
 def test_bad_sample_and_query_input(moons):

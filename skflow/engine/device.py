@@ -10,18 +10,21 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device, dtype: torch.dtype = torch.float32) -> torch.device:
     """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a
-    :class:`torch.device` into an available :class:`torch.device`.
+    :class:`torch.device` into an available :class:`torch.device` that can
+    compute in ``dtype``.
 
-    ``"auto"`` picks CUDA, then MPS, then CPU. An explicit device that this
-    machine does not have raises ``ValueError`` rather than silently running
+    ``"auto"`` picks CUDA, then MPS (float32 only: Apple's GPUs have no
+    float64), then CPU. An explicit device that this machine does not have,
+    or MPS with float64, raises ``ValueError`` rather than silently running
     somewhere else.
     """
+    float64 = dtype == torch.float64
     if isinstance(device, str) and device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if _mps_available():
+        if _mps_available() and not float64:
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -46,6 +49,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(
             f"device={device!r} was requested but MPS is not available on this "
             "machine; use device='auto' or device='cpu'."
+        )
+    elif dev.type == "mps" and float64:
+        raise ValueError(
+            f"device={device!r} cannot compute in float64 (MPS has no float64); "
+            "use dtype='float32', or device='cpu' for float64."
         )
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device={device!r} is not supported; use 'auto', 'cpu', 'cuda' or 'mps'.")
