@@ -454,8 +454,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             # Whiten what the marginal layer outputs, noise included.
             jitter = np.random.RandomState(0).uniform(-0.5, 0.5, size=X.shape) * 2 * half
             with torch.no_grad():
-                X = layers[0](torch.as_tensor(X + jitter, dtype=layers[0].x_knots.dtype))[0]
-            X, noise_var = X.double().cpu().numpy(), np.zeros_like(noise_var)
+                knots = layers[0].x_knots  # already on the flow's device
+                X = layers[0](torch.as_tensor(X + jitter, dtype=knots.dtype, device=knots.device))[
+                    0
+                ]
+            X, noise_var = X.cpu().double().numpy(), np.zeros_like(noise_var)
         loc, scale = standardization(X, noise_var, self.whiten)
         layers[1 if self.gaussianize else 0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
         # float64, not the buffer's dtype: sample() snaps onto this lattice.
@@ -565,7 +568,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         X_train = X[train_idx]
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only (flows are built on the CPU):
+            # torch.manual_seed would also reseed the user's GPU generators.
+            torch.random.default_generator.manual_seed(seed)
             try:
                 flow = self._build_flow(X.shape[1], hidden_units)
             except TypeError as exc:
@@ -717,7 +722,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         scale = np.sqrt(X.var(axis=0) + self.dequantization_**2 / 12.0)
         scale = np.where(scale > 0, scale, 1.0)
         rows = torch.tensor(X, dtype=_DTYPES[self.dtype]).to(self.device_)
-        err = round_trip_error(self.flow_.transform, rows).double().cpu().numpy()
+        err = round_trip_error(self.flow_.transform, rows).cpu().double().numpy()
         error = float((err / scale).max())
         # Inverses computed numerically (ODE solves) are exact only to their
         # solver tolerance, which the layer reports.
@@ -765,7 +770,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 if bool(finite.any()):
                     logp = self.flow_.log_prob(chunk[finite].to(self.device_))
                     # A view of out: the masked assignment writes through.
-                    out[start : start + rows][finite.numpy()] = logp.double().cpu().numpy()
+                    out[start : start + rows][finite.numpy()] = logp.cpu().double().numpy()
         out[np.isnan(out)] = -np.inf
         return out
 
@@ -952,7 +957,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         gen = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
             x = self.flow_.sample(int(n_samples), generator=gen)
-        samples = self._snap_to_lattice(x.double().cpu().numpy())
+        samples = self._snap_to_lattice(x.cpu().double().numpy())
         if not as_frame:
             return samples
         try:

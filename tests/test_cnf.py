@@ -446,3 +446,29 @@ def test_gaussian_5d_fitted_well(training):
         training, X_train, X_test, n_layers=1, hidden_units=(32, 32), **SLOW_FIT[training]
     )
     assert abs(ll - truth) < 0.1, (ll, truth)
+
+
+@pytest.mark.parametrize("coupling", ["independent", "ot"])
+def test_flow_matching_blocks_train_on_their_time_slices(coupling):
+    """With K blocks, block k regresses on times in [k/K, (k+1)/K] only, on a
+    fixed share of the batch (static slices: no boolean masks, which wait
+    for a GPU), and every block's weights get a gradient."""
+    torch.manual_seed(0)
+    cnf = build_transform(
+        "cnf", 2, n_layers=3, hidden_units=(8,), training="flow_matching", coupling=coupling
+    )
+    with torch.no_grad():  # off the zero start, where inner layers get no gradient
+        for p in cnf.parameters():
+            p.normal_(0.0, 0.3)
+    seen: dict[int, list] = {k: [] for k in range(3)}
+    for k, block in enumerate(cnf.blocks):
+        block.field.register_forward_hook(lambda m, args, out, k=k: seen[k].append(args[0]))
+    cnf.train()
+    loss = cnf.training_loss(torch.randn(90, 2), torch.zeros(90)).mean()
+    loss.backward()
+    for k in range(3):
+        (t,) = seen[k]
+        assert t.shape == (30, 1)
+        assert bool(((t >= k / 3) & (t <= (k + 1) / 3)).all())
+    for name, p in cnf.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -131,6 +131,11 @@ def test_actnorm_initializes_from_first_training_batch():
     fresh(x[:10] * 5)
     assert fresh.initialized
     torch.testing.assert_close(fresh.loc.detach(), loc)
+    # Loading an uninitialized state into an initialized layer makes it
+    # initialize again (its host-side flag follows the loaded buffer).
+    layer.load_state_dict(ActNorm(3).state_dict())
+    layer(x)
+    torch.testing.assert_close(layer.loc.detach().flatten(), x.mean(0), atol=1e-5, rtol=0)
 
 
 def test_actnorm_image_statistics_per_channel():

@@ -35,14 +35,25 @@ def _count_host_reads(monkeypatch) -> list[int]:
     return count
 
 
-@pytest.mark.parametrize("kind", ["maf", "realnvp"])
-def test_training_reads_no_value_per_step(kind, monkeypatch):
+@pytest.mark.parametrize(
+    "kind, options",
+    [
+        ("maf", {}),
+        ("realnvp", {}),
+        ("nsf", {}),
+        ("glow", {}),
+        # (The default optimal-transport pairing is solved on the CPU.)
+        ("cnf", {"coupling": "independent"}),
+    ],
+)
+def test_training_reads_no_value_per_step(kind, options, monkeypatch):
     """Host reads per epoch must not grow with the number of steps per epoch
     (on a GPU each one is a sync that stalls the queue of kernels)."""
 
     def host_reads(n_rows: int) -> int:
         torch.manual_seed(0)
-        flow = Flow(build_transform(kind, 3, n_layers=2, hidden_units=(8,)), StandardNormal(3))
+        transform = build_transform(kind, 3, n_layers=2, hidden_units=(8,), **options)
+        flow = Flow(transform, StandardNormal(3))
         X = torch.randn(n_rows, 3)
         with monkeypatch.context() as m:
             count = _count_host_reads(m)

@@ -94,7 +94,9 @@ class Flow(nn.Module):
         # ``generator`` so samples stay reproducible.
         seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # Not torch.manual_seed, which would also reseed GPU generators
+            # that fork_rng(devices=[]) does not restore.
+            torch.random.default_generator.manual_seed(seed)
             return self._invert(z)
 
     def _invert(self, z: Tensor) -> Tensor:

@@ -83,8 +83,8 @@ def ot_pairing(x0: Tensor, x1: Tensor, group: int) -> Tensor:
     batch) and hold at most :data:`OT_BLOCK` rows, balanced so that no block
     is a small remainder."""
     group = max(group, 1)  # an empty batch has nothing to pair
-    a = x1.detach().to("cpu", torch.float64).numpy()
-    b = x0.detach().to("cpu", torch.float64).numpy()
+    a = x1.detach().cpu().double().numpy()
+    b = x0.detach().cpu().double().numpy()
     order = np.empty(len(a), dtype=np.int64)
     for start in range(0, len(a), group):
         rows = np.arange(start, min(start + group, len(a)))

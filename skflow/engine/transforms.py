@@ -96,16 +96,20 @@ class Affine(Transform):
     @torch.no_grad()
     def reset(self, loc: Tensor, scale: Tensor) -> None:
         """Set ``loc`` and ``L`` (e.g. from data, once the layer exists)."""
+        # Solved in float64 on the CPU (MPS has no float64), then cast to the
+        # buffers' dtype before the copy to their device.
+        scale = scale.detach().cpu().double()
         tril = torch.diag_embed(scale) if scale.dim() == 1 else torch.tril(scale)
         diag = torch.diagonal(tril)
         if not bool((diag > 0).all()) or not bool(torch.isfinite(tril).all()):
             raise ValueError("Affine scale must be finite with a strictly positive diagonal.")
-        tril64 = tril.double()
         eye = torch.eye(tril.shape[0], dtype=torch.float64)
-        self.loc.copy_(loc)
-        self.tril.copy_(tril64)
-        self.inv_tril.copy_(torch.linalg.solve_triangular(tril64, eye, upper=False))
-        self.log_det.copy_(diag.double().log().sum())
+        inv_tril = torch.linalg.solve_triangular(tril, eye, upper=False)
+        dtype = self.loc.dtype
+        self.loc.copy_(loc.detach().cpu().to(dtype))
+        self.tril.copy_(tril.to(dtype))
+        self.inv_tril.copy_(inv_tril.to(dtype))
+        self.log_det.copy_(diag.log().sum().to(dtype))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = (x - self.loc) @ self.inv_tril.T
@@ -145,8 +149,9 @@ class PiecewiseLinear(Transform):
         for name, k in (("x_knots", x_knots), ("z_knots", z_knots)):
             if not bool((k.diff(dim=-1) > 0).all()) or not bool(torch.isfinite(k).all()):
                 raise ValueError(f"PiecewiseLinear {name} must be finite and strictly increasing.")
-        self.x_knots.copy_(x_knots)
-        self.z_knots.copy_(z_knots)
+        # Cast before the copy to the buffers' device (MPS has no float64).
+        self.x_knots.copy_(x_knots.to(self.x_knots.dtype))
+        self.z_knots.copy_(z_knots.to(self.z_knots.dtype))
 
     @staticmethod
     def _segments(v: Tensor, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
@@ -456,11 +461,20 @@ class ActNorm(ElementwiseAffine):
     def __init__(self, n_channels: int) -> None:
         super().__init__(n_channels)
         self.register_buffer("initialized", torch.tensor(False))
+        # A host-side copy of ``initialized`` once it is True: reading the
+        # buffer at every training step would sync with a GPU each time.
+        self._known_initialized = False
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
-            self._initialize(x)
+        if self.training and not self._known_initialized:
+            if not bool(self.initialized):
+                self._initialize(x)
+            self._known_initialized = True
         return super().forward(x)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # read the loaded buffer again
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:

@@ -346,7 +346,10 @@ class ContinuousFlow(Transform):
             state = (*state, x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0]))
         knots = torch.linspace(0.0, 1.0, len(self.blocks) + 1, dtype=x.dtype, device=x.device)
         order = range(len(self.blocks)) if to_data else reversed(range(len(self.blocks)))
-        options = {"step_size": 1.0 / self.n_steps} if self.solver in FIXED_SOLVERS else {}
+        options: dict = {"step_size": 1.0 / self.n_steps} if self.solver in FIXED_SOLVERS else {}
+        if self.solver in ADAPTIVE_SOLVERS and x.device.type == "mps":
+            # torchdiffeq keeps adaptive step sizes in float64, which MPS lacks.
+            options["dtype"] = torch.float32
         nfe = 0
         for k in order:
             block = self.blocks[k]
@@ -452,17 +455,21 @@ class ContinuousFlow(Transform):
         device = generator.device if generator is not None else x.device
         t = torch.rand(x1.shape[0], 1, generator=generator, device=device, dtype=x.dtype)
         t = t.to(x.device)
+        n_blocks = len(self.blocks)
+        if n_blocks > 1:
+            # Block k owns the time slice [k/K, (k+1)/K]; rows k, k + K, ...
+            # (in random order) get a time in it. t stays uniform, and fixed
+            # slices of rows, unlike boolean masks, never wait for a GPU.
+            k = torch.arange(x1.shape[0], device=x.device, dtype=x.dtype) % n_blocks
+            t = (k[:, None] + t) / n_blocks
         xt = (1 - (1 - self.sigma_min) * t) * x0 + t * x1
         target = x1 - (1 - self.sigma_min) * x0
-        if len(self.blocks) == 1:
+        if n_blocks == 1:
             velocity = self.blocks[0].field(t, xt)
         else:
-            # Block k owns the time slice [k/K, (k+1)/K].
-            block_of = (t[:, 0] * len(self.blocks)).long().clamp(max=len(self.blocks) - 1)
-            velocity = torch.zeros_like(x1)
+            velocity = torch.empty_like(x1)
             for k, block in enumerate(self.blocks):
-                rows = block_of == k
-                velocity = velocity.index_put((rows,), block.field(t[rows], xt[rows]))
+                velocity[k::n_blocks] = block.field(t[k::n_blocks], xt[k::n_blocks])
         return (velocity - target).square().sum(-1)
 
     def _pairing(self, x0: Tensor, x1: Tensor, group: int, fixed: bool) -> Tensor:
