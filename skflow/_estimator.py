@@ -549,6 +549,19 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         >>> est.n_features_in_, est.n_iter_ == len(est.loss_curve_)
         (13, True)
         """
+        # A fit that fails (bad input found late, an interrupt) leaves the
+        # estimator as it was: validate_data and the fitted attributes are
+        # set along the way, and half an update would pair a new flow with
+        # an old offset_ or shape.
+        before = dict(self.__dict__)
+        try:
+            return self._fit(X)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _fit(self, X):
         column_dtypes = _numpy_dtypes(X)
         X = self._validate_X(X, ensure_min_samples=2)
         self._check_representable(X)
@@ -590,7 +603,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 "ones. Use more rows, fewer features (e.g. PCA in a Pipeline), or a smaller "
                 "validation_fraction.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         # Cast first: fitted buffers set in float32 and cast to float64 would
         # keep only float32 accuracy (the standardization would not invert).
@@ -669,7 +682,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 f"compile=True: {result.compile_error}; trained without compilation. "
                 "Set compile=False to skip the attempt.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         if result.stop_reason == "diverged":
             warnings.warn(
@@ -677,7 +690,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 f"{result.n_iter}; the weights of epoch {result.best_epoch} were restored. "
                 "Try a smaller learning_rate, fewer n_layers or dtype='float64'.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         elif result.stop_reason == "max_time":
             warnings.warn(
@@ -685,7 +698,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 f"after {result.n_iter} epochs, keeping the best weights so far; raise "
                 "max_time (None: no limit) to train to convergence.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         elif result.stop_reason == "max_iter":
             kept = (
@@ -698,7 +711,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 f"FlowDensity reached max_iter={self.max_iter} epochs before the "
                 f"monitored log-likelihood stopped improving; consider increasing max_iter.{kept}",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         elif result.best_epoch == 0:
             warnings.warn(
@@ -708,7 +721,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 f"{self.learning_rate:g}) is the usual cause; data that the preprocessing "
                 "alone already fits (e.g. Gaussian) the other.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
 
     def _check_invertibility(self, X: np.ndarray, rng: np.random.RandomState) -> float:
@@ -738,7 +751,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 "samples are unreliable. Try dtype='float64', a smaller learning_rate "
                 "or fewer n_layers.",
                 InvertibilityWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         return error
 
@@ -765,7 +778,10 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             for start in range(0, X.shape[0], rows):
                 # Convert chunk by chunk so memory stays bounded on huge inputs;
                 # torch.tensor copies, so read-only (memmapped) input is fine.
-                chunk = torch.tensor(X[start : start + rows], dtype=_DTYPES[self.dtype])
+                # (Contiguous: torch refuses the negative strides of X[::-1].)
+                chunk = torch.tensor(
+                    np.ascontiguousarray(X[start : start + rows]), dtype=_DTYPES[self.dtype]
+                )
                 finite = torch.isfinite(chunk).all(dim=1)
                 if bool(finite.any()):
                     logp = self.flow_.log_prob(chunk[finite].to(self.device_))
@@ -955,9 +971,12 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             raise ValueError(f"n_samples must be a non-negative int, got {n_samples!r}.")
         seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
         gen = torch.Generator().manual_seed(seed)
-        with torch.inference_mode():
-            x = self.flow_.sample(int(n_samples), generator=gen)
-        samples = self._snap_to_lattice(x.cpu().double().numpy())
+        if n_samples == 0:  # some layers (ODE solves, channel views) reject empty batches
+            samples = np.empty((0, self.n_features_in_))
+        else:
+            with torch.inference_mode():
+                x = self.flow_.sample(int(n_samples), generator=gen)
+            samples = self._snap_to_lattice(x.cpu().double().numpy())
         if not as_frame:
             return samples
         try:

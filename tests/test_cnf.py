@@ -39,9 +39,10 @@ def _set_linear_field(cnf, A: torch.Tensor, b: torch.Tensor | None = None) -> No
             out.bias.copy_(b)
 
 
-def _random_field_cnf(d: int, scale: float = 0.3, **options) -> torch.nn.Module:
+def _random_field_cnf(d: int, scale: float = 0.3, n_layers: int = 1, **options) -> torch.nn.Module:
     torch.manual_seed(0)
-    cnf = build_transform("cnf", d, n_layers=1, hidden_units=(16, 16), **options).double()
+    cnf = build_transform("cnf", d, n_layers=n_layers, hidden_units=(16, 16), **options)
+    cnf = cnf.double()
     with torch.no_grad():
         for p in cnf.parameters():
             p.copy_(scale * torch.randn_like(p))
@@ -142,13 +143,20 @@ def test_large_scoring_calls_are_solved_in_chunks(monkeypatch):
     assert cnf.nfe["last_solve"] == 3 * nfe_whole
 
 
+@pytest.mark.parametrize("n_layers", [1, 2])
 @pytest.mark.parametrize("trace", ["exact", "hutchinson"])
-def test_adjoint_gradients_match_backprop(trace):
+def test_adjoint_gradients_match_backprop(trace, n_layers):
     x = torch.randn(16, 2, dtype=torch.float64)
     grads = []
     for adjoint in (False, True):
         cnf = _random_field_cnf(
-            2, training="mle", trace=trace, adjoint=adjoint, rtol=1e-8, atol=1e-8
+            2,
+            n_layers=n_layers,
+            training="mle",
+            trace=trace,
+            adjoint=adjoint,
+            rtol=1e-8,
+            atol=1e-8,
         )
         cnf.train()
         torch.manual_seed(5)  # the same Hutchinson probes in both runs
@@ -472,3 +480,35 @@ def test_flow_matching_blocks_train_on_their_time_slices(coupling):
         assert bool(((t >= k / 3) & (t <= (k + 1) / 3)).all())
     for name, p in cnf.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("failing_call", [2, 3])
+def test_ffjord_solver_underflow_is_divergence_not_a_crash(failing_call, monkeypatch):
+    """When the field blows up, torchdiffeq's adaptive solver asserts
+    "underflow in dt"; in a training step (call 2, after the starting
+    point's validation) or a validation solve (call 3) that becomes the
+    usual divergence: best weights restored, a ConvergenceWarning, a usable
+    model."""
+    calls = [0]
+    original = cnf_module.odeint
+
+    def odeint(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == failing_call:
+            raise AssertionError("underflow in dt 0.0")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cnf_module, "odeint", odeint)
+    X = np.random.RandomState(0).randn(40, 2)
+    est = FlowDensity(
+        "cnf",
+        n_layers=1,
+        hidden_units=8,
+        max_iter=3,
+        batch_size=40,
+        random_state=0,
+        kind_options={"training": "mle"},
+    )
+    with pytest.warns(ConvergenceWarning, match="diverged"):
+        est.fit(X)
+    assert np.isfinite(est.score_samples(X)).all()

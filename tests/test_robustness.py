@@ -246,9 +246,48 @@ def test_sample_rejects_bad_counts(fitted, n_samples, match):
         fitted.sample(n_samples)
 
 
-def test_sample_zero_rows(fitted):
-    out = fitted.sample(0)
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_sample_zero_rows(kind):
+    est = FlowDensity(kind, n_layers=1, hidden_units=8, max_iter=1, random_state=0).fit(X)
+    out = est.sample(0)
     assert out.shape == (0, 2) and out.dtype == np.float64
+    assert est.sample(0, as_frame=True).shape == (0, 2)
+
+
+def test_reversed_and_strided_arrays_score_like_contiguous_ones(fitted):
+    query = X[:50]
+    expected = fitted.score_samples(query)
+    np.testing.assert_array_equal(fitted.score_samples(query[::-1]), expected[::-1])
+    np.testing.assert_array_equal(fitted.score_samples(query[:, ::-1][:, ::-1]), expected)
+    refit = FlowDensity(**{**FAST, "contamination": 0.1}).fit(X[::-1])
+    assert np.isfinite(refit.offset_)
+
+
+@pytest.mark.parametrize("stage", ["validation", "offset", "interrupt"])
+def test_failed_refit_keeps_the_fitted_model(stage, monkeypatch):
+    """A refit that fails part-way (after validate_data reset the shape, or
+    after the new flow was stored) leaves the previous model untouched."""
+    est = FlowDensity(**{**FAST, "contamination": 0.1}).fit(X)
+    before = {k: v for k, v in vars(est).items() if k.endswith("_")}
+    scores = est.score_samples(X)
+    X4 = np.random.RandomState(1).randn(80, 4) * 5 + 3
+    if stage == "validation":
+        est.set_params(hidden_units=(0,))
+        error = ValueError
+    else:
+        error = RuntimeError if stage == "offset" else KeyboardInterrupt
+
+        def fail(*args, **kwargs):
+            raise error("boom")
+
+        name = "_compute_offset" if stage == "offset" else "_check_invertibility"
+        monkeypatch.setattr(FlowDensity, name, fail)
+    with pytest.raises(error):
+        est.fit(X4)
+    assert {k: v for k, v in vars(est).items() if k.endswith("_")}.keys() == before.keys()
+    assert est.n_features_in_ == 2 and est.flow_ is before["flow_"]
+    np.testing.assert_array_equal(est.score_samples(X), scores)
+    assert (est.predict(X) == -1).mean() == pytest.approx(0.1, abs=0.02)
 
 
 # Each message must name the parameter and say what is allowed.

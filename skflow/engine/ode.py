@@ -119,11 +119,13 @@ class Dynamics(nn.Module):
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.nfe += 1
         x = state[0]
+        # The first state (the data) and every state of a detached solve
+        # carry no graph; the divergence still needs df/dx. Without grad mode
+        # (an adjoint's forward solve) nothing differentiates through this
+        # call, and x may be a view made there, which autograd cannot trace.
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            # The first state (the data) and every state of a detached solve
-            # carry no graph; the divergence still needs df/dx.
-            if not x.requires_grad:
-                x = x.detach().requires_grad_(True)
             f = self.field(t, x)
             if self.probes is None:
                 eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)

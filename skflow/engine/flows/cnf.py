@@ -356,11 +356,21 @@ class ContinuousFlow(Transform):
             block.probes, block.create_graph, block.nfe = probes, create_graph, 0
             span = knots[k : k + 2] if to_data else knots[k : k + 2].flip(0)
             kwargs = {"rtol": self.rtol, "atol": self.atol, "method": self.solver}
-            if self.adjoint and create_graph:
-                kwargs["adjoint_params"] = tuple(block.parameters())
-                ys = odeint_adjoint(block, state, span, options=options, **kwargs)
-            else:
-                ys = odeint(block, state, span, options=options, **kwargs)
+            try:
+                if self.adjoint and create_graph:
+                    kwargs["adjoint_params"] = tuple(block.parameters())
+                    ys = odeint_adjoint(block, state, span, options=options, **kwargs)
+                else:
+                    ys = odeint(block, state, span, options=options, **kwargs)
+            except AssertionError as exc:
+                if "underflow in dt" not in str(exc):
+                    raise
+                # No step size resolves the field (it blew up: a diverging
+                # fit): NaN, which training treats as divergence.
+                nan = x.new_full((x.shape[0],), math.nan)
+                if create_graph:  # a training step: keep the loss differentiable
+                    nan = nan + 0 * sum(p.sum() for p in block.parameters())
+                return torch.full_like(x, math.nan) + nan[:, None], nan, nan
             state = tuple(y[-1] for y in ys)
             # (The probes stay set: an adjoint backward pass reuses them.)
             nfe += block.nfe
