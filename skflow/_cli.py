@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 import warnings
@@ -167,7 +168,21 @@ _FIT_SWITCHES = {
 }
 
 
+def _check_writable(out: Path) -> None:
+    """Fail before training, not after it, on an output path that cannot be written."""
+    if out.is_dir():
+        raise CLIError(
+            f"--out {out}: is a directory; give a file name such as {out / 'model.skflow'}."
+        )
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CLIError(f"--out {out}: directory {parent} does not exist.")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"--out {out}: directory {parent} is not writable.")
+
+
 def _fit(args: argparse.Namespace) -> None:
+    _check_writable(Path(args.out))
     X = read_table(args.data, args.header)
     params = {
         opt.replace("-", "_"): getattr(args, opt.replace("-", "_"))

@@ -467,6 +467,19 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     def _validate_X(self, X, **kwargs) -> np.ndarray:
         """``validate_data`` to float64, with an error naming non-numeric columns."""
         dtypes = getattr(X, "dtypes", None)  # a DataFrame names its columns
+        if not hasattr(dtypes, "items"):  # (a Series has one dtype)
+            dtypes = None
+        times = (
+            []
+            if dtypes is None
+            else [c for c, t in dtypes.items() if getattr(t, "kind", None) in ("m", "M")]
+        )
+        if times:
+            raise ValueError(
+                f"FlowDensity models numeric features, but X has date/time columns {times}. "
+                "Convert them to numbers first, e.g. seconds since the earliest value: "
+                "(df[col] - df[col].min()).dt.total_seconds()."
+            )
         categorical = (
             [] if dtypes is None else [c for c, t in dtypes.items() if str(t) == "category"]
         )
@@ -674,6 +687,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         else:
             self.__dict__.pop("feature_dtypes_", None)
         self.reconstruction_error_ = self._check_invertibility(X_train, rng)
+        # What save() writes: the parameters this flow was built with, even
+        # if set_params changes them before the next fit.
+        self._fitted_params = copy.deepcopy(self.get_params(deep=False))
         return self
 
     def _warn_training(self, result) -> None:
@@ -734,7 +750,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         # (near-)constant column does not turn round-off into a huge error.
         scale = np.sqrt(X.var(axis=0) + self.dequantization_**2 / 12.0)
         scale = np.where(scale > 0, scale, 1.0)
-        rows = torch.tensor(X, dtype=_DTYPES[self.dtype]).to(self.device_)
+        rows = torch.tensor(X, dtype=self._flow_dtype()).to(self.device_)
         err = round_trip_error(self.flow_.transform, rows).cpu().double().numpy()
         error = float((err / scale).max())
         # Inverses computed numerically (ODE solves) are exact only to their
@@ -780,7 +796,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 # torch.tensor copies, so read-only (memmapped) input is fine.
                 # (Contiguous: torch refuses the negative strides of X[::-1].)
                 chunk = torch.tensor(
-                    np.ascontiguousarray(X[start : start + rows]), dtype=_DTYPES[self.dtype]
+                    np.ascontiguousarray(X[start : start + rows]), dtype=self._flow_dtype()
                 )
                 finite = torch.isfinite(chunk).all(dim=1)
                 if bool(finite.any()):
@@ -1017,6 +1033,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             state["flow_"] = copy.deepcopy(self.flow_).cpu()
         return state
 
+    def _flow_dtype(self) -> torch.dtype:
+        # The fitted flow's, not the dtype parameter's (set_params after fit
+        # changes the next fit, not this model).
+        return self.flow_.dequantization.dtype
+
     def _fill_fitted_defaults(self) -> None:
         """Models fitted before per-value dequantization cells had one noise
         width per feature (``dequantization_``): the same constant cells
@@ -1038,7 +1059,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
 
         The file (`safetensors <https://huggingface.co/docs/safetensors>`_
         format) holds the flow's weights and buffers as raw tensors and, as
-        JSON, the parameters, every fitted attribute, the skflow and torch
+        JSON, the parameters the flow was fitted with (not later
+        ``set_params`` changes), every fitted attribute, the skflow and torch
         versions and a SHA-256 checksum. Unlike pickle or joblib files, which
         execute code when loaded and so must never be loaded from an
         untrusted source, :meth:`load` only parses JSON and copies bytes.
@@ -1059,8 +1081,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         ------
         TypeError
             If a parameter or fitted attribute cannot be stored as JSON, such
-            as ``random_state`` set to a ``RandomState`` instance (set it to an
-            int or None first with ``set_params``).
+            as ``random_state`` set to a ``RandomState`` instance (fit with an
+            int or None instead).
 
         See Also
         --------
@@ -1087,7 +1109,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             for k, v in vars(self).items()
             if k.endswith("_") and not k.startswith("_") and k != "flow_"
         }
-        params = self.get_params(deep=False)
+        params = self.__dict__.get("_fitted_params") or self.get_params(deep=False)
         header = {
             "class": type(self).__name__,
             "skflow_version": __version__,
@@ -1167,6 +1189,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             ) from None
         for name, value in fitted.items():
             setattr(est, name, value)
+        est._fitted_params = copy.deepcopy(est.get_params(deep=False))
         est._fill_fitted_defaults()
         saved_device = fitted.get("device_", torch.device("cpu"))
         if device is not None:

@@ -100,6 +100,14 @@ def test_sample_keeps_column_names(files, capsys):
     assert lines[0] == "width,height" and len(lines) == 5
 
 
+def test_sample_zero_rows_writes_the_header_only(files, tmp_path, capsys):
+    model = tmp_path / "m.skflow"
+    assert main(["fit", str(files / "train.csv"), "--out", str(model), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(model), "-n", "0"]) == 0
+    assert capsys.readouterr().out.strip().count("\n") == 0  # the header line alone
+
+
 def test_header_is_detected(files, capsys, tmp_path):
     model = tmp_path / "m.skflow"
     assert main(["fit", str(files / "train_noheader.csv"), "--out", str(model), *FAST]) == 0
@@ -129,13 +137,18 @@ def test_header_is_detected(files, capsys, tmp_path):
         ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--kind-options", '{"zz": 1}'], "kind_options"),
         ("a,b\n1,2\n", ["score", "{csv}", "{csv}"], "is not a skflow model file"),
         ("a,b\n1,2\n", ["score", "nope.skflow", "{csv}"], "nope.skflow: no such model file"),
+        # Checked before training, not after it.
+        ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--out", "{tmp}/no/m.skflow"], "does not exist"),
+        ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--out", "{tmp}"], "is a directory"),
     ],
 )
 def test_user_errors_are_one_line_with_status_2(tmp_path, capsys, content, args, match):
     csv = tmp_path / "data.csv"
     if content is not None:
         csv.write_text(content)
-    argv = [a.replace("{csv}", str(csv)) for a in args] + ["--out", str(tmp_path / "o")]
+    argv = [a.replace("{csv}", str(csv)).replace("{tmp}", str(tmp_path)) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("skflow: error: ")

@@ -139,8 +139,9 @@ def test_nsf_options_are_validated():
         FlowDensity(kind="nsf", kind_options={"variant": "spline"}).fit(X)
     with pytest.raises(ValueError, match="n_bins"):
         FlowDensity(kind="nsf", kind_options={"n_bins": 1}).fit(X)
-    with pytest.raises(ValueError, match="tail_bound"):
-        FlowDensity(kind="nsf", kind_options={"tail_bound": 0}).fit(X)
+    for bound in (0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="tail_bound must be a positive finite"):
+            FlowDensity(kind="nsf", kind_options={"tail_bound": bound}).fit(X)
 
 
 def _check_sample_moments(est, X, mean_atol=0.1):

@@ -98,7 +98,7 @@ def test_unsavable_values_fail_clearly(fitted, tmp_path):
     est.callback_ = lambda: None
     with pytest.raises(TypeError, match="callback_=.* cannot be stored"):
         est.save(tmp_path / "m.safetensors")
-    est = pickle.loads(pickle.dumps(fitted)).set_params(random_state=np.random.RandomState(0))
+    est = FlowDensity(**{**FAST, "random_state": np.random.RandomState(0)}).fit(X)
     with pytest.raises(TypeError, match="random_state=RandomState"):
         est.save(tmp_path / "m.safetensors")
     assert not (tmp_path / "m.safetensors").exists()
@@ -335,3 +335,19 @@ def test_model_fitted_before_dequantization_cells_still_samples(tmp_path):
         S = old.sample(200, random_state=0)
         np.testing.assert_array_equal(S[:, 0], np.round(S[:, 0]))
         np.testing.assert_array_equal(old.cell_widths(X[:3]), [[1.0, 0.0]] * 3)
+
+
+def test_params_set_after_fit_change_the_next_fit_not_this_model(tmp_path):
+    """set_params after fit (as a grid search's clone does not, but a user
+    might) leaves the fitted model scoring as before, and save writes the
+    parameters its flow was built with, so the file loads."""
+    est = FlowDensity(**FAST).fit(X)
+    scores = est.score_samples(X)
+    est.set_params(dtype="float64", kind="nsf", n_layers=3, gaussianize=False)
+    np.testing.assert_array_equal(est.score_samples(X), scores)
+    est.save(tmp_path / "m.safetensors")
+    loaded = FlowDensity.load(tmp_path / "m.safetensors")
+    assert loaded.get_params()["kind"] == "maf" and loaded.get_params()["dtype"] == "float32"
+    np.testing.assert_array_equal(loaded.score_samples(X), scores)
+    # The next fit follows the new parameters.
+    assert est.fit(X).flow_.dequantization.dtype == torch.float64

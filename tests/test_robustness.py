@@ -84,6 +84,21 @@ BAD_FIT_INPUT = {
         r"categorical columns \['b'\].*astype\(float\)",
     ),
     "pandas NA": (_frame_with_missing, ValueError, "Input X contains NaN"),
+    "pandas Series": (
+        lambda: pytest.importorskip("pandas").Series(X[:, 0]),
+        ValueError,
+        "Expected a 2-dimensional container",
+    ),
+    "datetime column": (
+        lambda: _frame_with_text().assign(
+            b=lambda f: (
+                pytest.importorskip("pandas").Timestamp("2020-01-01")
+                + pytest.importorskip("pandas").to_timedelta(f.a, unit="D")
+            )
+        ),
+        ValueError,
+        r"date/time columns \['b'\].*total_seconds",
+    ),
     "complex": (lambda: X.astype(complex), ValueError, "Complex data not supported"),
     # Numbers the arithmetic cannot hold: refused, not fitted to rounding noise.
     "column of 1e40": (lambda: X * [1e40, 1], ValueError, r"\[0\] have values beyond 8.5"),

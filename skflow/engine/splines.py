@@ -77,8 +77,10 @@ class RationalQuadraticSplineTransformer:
     ) -> None:
         if n_bins < 2:
             raise ValueError(f"n_bins must be at least 2, got {n_bins}.")
-        if not tail_bound > 0:
-            raise ValueError(f"tail_bound must be positive, got {tail_bound}.")
+        if not 0 < tail_bound < math.inf:
+            raise ValueError(
+                f"tail_bound must be a positive finite number (e.g. 3 or 5), got {tail_bound}."
+            )
         if min_bin_width * n_bins >= 1 or min_bin_height * n_bins >= 1:
             raise ValueError("min_bin_width and min_bin_height must be below 1 / n_bins.")
         if not 0 < min_derivative < 1:
