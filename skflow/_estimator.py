@@ -58,6 +58,15 @@ INVERTIBILITY_ROWS = 1000
 INVERTIBILITY_TOL = {"float32": 1e-2, "float64": 1e-8}
 
 
+def _center(X: np.ndarray) -> np.ndarray:
+    """A training value per column (the lower median) that the flow's input
+    is shifted by, in float64, before it becomes a tensor: float32 then
+    keeps the digits of a column far from zero (timestamps, a large
+    constant). An observed value keeps integer codes integers, and a shift
+    leaves the density unchanged."""
+    return np.sort(X, axis=0)[(X.shape[0] - 1) // 2].copy()
+
+
 def _usable_device(wanted: str | torch.device) -> torch.device:
     """``wanted`` if this machine has it, else the CPU with a warning, so a
     model fitted on a GPU still loads (pickle or :meth:`FlowDensity.load`)
@@ -166,11 +175,12 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         Requesting a device this machine lacks raises ``ValueError``.
     dtype : {"float32", "float64"}, default="float32"
         Floating point precision of the flow; ``"float64"`` is slower but
-        exact to more digits. ``fit`` refuses columns that the precision
-        cannot hold (float32: values beyond ~1e37, or a variation below 1e-4
-        of the column's magnitude, such as Unix timestamps; float64: sizes
-        beyond 1e150 or below 1e-150) with a ``ValueError``, rather than fit
-        rounding noise.
+        exact to more digits. Columns far from zero (Unix timestamps, a
+        large constant) are fine in either: the flow sees each column
+        shifted by one of its values (``center_``), in float64. ``fit``
+        refuses columns whose spread the precision cannot hold (float32:
+        beyond ~1e37; float64: beyond 1e150 or below 1e-150) with a
+        ``ValueError``, rather than fit rounding noise.
     max_time : float or None, default=900
         Training time budget in seconds; training stops (keeping the best
         weights, with a ``ConvergenceWarning``) once it is spent, so a fit on
@@ -284,6 +294,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         reach (None: every value takes the nearest one's cell; else only
         values that close to one, a continuous feature's point masses).
         :meth:`cell_widths` looks them up.
+    center_ : ndarray of shape (n_features_in_,)
+        A training value of each column (the lower median) that the rows are
+        shifted by, in float64, before the flow sees them, so columns far
+        from zero keep their digits in float32; a shift leaves the density
+        unchanged.
     lattice_range_ : ndarray of shape (2, n_features_in_)
         Smallest and largest training value of each feature: :meth:`sample`
         rounds dequantized features onto their values (see
@@ -438,13 +453,15 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             layers.append(LogTails(TAIL_START))
         return Flow(Compose(*layers), StandardNormal(n_features))
 
-    def _fit_preprocessing(self, flow: Flow, X: np.ndarray):
+    def _fit_preprocessing(self, flow: Flow, X: np.ndarray, center: np.ndarray):
         """Set the fixed layers in front of the flow's body from the training
         rows; return the dequantization widths (each feature's resolution),
-        cells (see :func:`noise_cells`) and the half-widths of ``X``'s noise."""
+        cells (see :func:`noise_cells`) and the half-widths of ``X``'s noise.
+        The cells are in the units of ``X``; the layers see ``X - center``."""
         widths = dequantization_widths(X, self.dequantize)
         cells = noise_cells(X, widths, auto=isinstance(self.dequantize, str))
         half = half_widths(X, cells)
+        X = X - center
         flow.dequantization.copy_(torch.as_tensor(widths))
         layers = flow.transform.transforms
         noise_var = (half**2).mean(axis=0) / 3.0
@@ -512,19 +529,16 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         with np.errstate(over="ignore"):
             spread = X.max(axis=0) - X.min(axis=0)
         varies = spread > 0
-        # Variances are computed in float64, where squares of numbers beyond
-        # ~1e154 overflow and below ~1e-154 underflow; float32 inputs must
-        # also survive the cast (no overflow, no flush to zero) and centering.
+        # X is centred on a value of each column (see _center), so an offset
+        # costs no digits. Variances are computed in float64, where squares
+        # of numbers beyond ~1e154 overflow and below ~1e-154 underflow;
+        # float32 inputs must also survive the cast (no overflow, no flush
+        # to zero).
         upper = min(_SQUARE_SAFE, float(np.finfo(self.dtype).max) / 4)
-        eps = float(np.finfo(self.dtype).eps)
         problems = {
             f"values beyond {upper:.3g} in absolute value": ~(magnitude <= upper)
             | ~np.isfinite(spread),
             f"a spread below {1 / upper:.3g}": varies & (spread < 1 / upper),
-            # Stored in dtype, x = offset + small variation keeps only
-            # eps * offset of resolution: the variation is rounded away.
-            f"a spread below {1000 * eps:.1g} times their magnitude (lost to "
-            f"{self.dtype} rounding)": varies & (spread < 1000 * eps * magnitude),
         }
         found = [(what, np.flatnonzero(bad).tolist()) for what, bad in problems.items()]
         found = [(what, cols) for what, cols in found if cols]
@@ -532,9 +546,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             details = "; ".join(f"column(s) {cols} have {what}" for what, cols in found)
             hint = "Try dtype='float64', or rescale" if self.dtype == "float32" else "Rescale"
             raise ValueError(
-                f"X cannot be represented accurately in {self.dtype}: {details}. {hint} or "
-                "center these columns (e.g. subtract their first value, or StandardScaler in "
-                "a Pipeline; densities are then per unit of the rescaled columns)."
+                f"X cannot be represented accurately in {self.dtype}: {details}. {hint} these "
+                "columns (e.g. StandardScaler in a Pipeline; densities are then per unit of "
+                "the rescaled columns)."
             )
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -577,7 +591,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     def _fit(self, X):
         column_dtypes = _numpy_dtypes(X)
         X = self._validate_X(X, ensure_min_samples=2)
-        self._check_representable(X)
+        center = _center(X)
+        self._check_representable(X - center)
         hidden_units = self._hidden_units(len(X))  # fail fast, before any torch work
         dtype = _DTYPES[self.dtype]
         device = resolve_device(self.device, dtype)
@@ -621,7 +636,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         # Cast first: fitted buffers set in float32 and cast to float64 would
         # keep only float32 accuracy (the standardization would not invert).
         flow = flow.to(device=device, dtype=dtype)
-        widths, cells, half_train = self._fit_preprocessing(flow, X_train)
+        widths, cells, half_train = self._fit_preprocessing(flow, X_train, center)
 
         def as_tensor(a):
             return torch.tensor(a, dtype=dtype).to(device)
@@ -644,8 +659,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             torch.manual_seed(seed)
             result = train_flow(
                 flow,
-                as_tensor(X_train),
-                as_tensor(X[val_idx]) if val_idx is not None else None,
+                as_tensor(X_train - center),
+                as_tensor(X[val_idx] - center) if val_idx is not None else None,
                 noise=(
                     as_tensor(half_train),
                     as_tensor(half_widths(X[val_idx], cells)) if val_idx is not None else None,
@@ -674,6 +689,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         self.dequantization_ = widths
         self.dequantization_cells_ = cells
         self.lattice_range_ = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
+        self.center_ = center
         self.offset_ = self._compute_offset(X, val_idx)
         # ODE-based kinds count their vector-field evaluations (fit and the
         # scoring just done).
@@ -750,7 +766,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         # (near-)constant column does not turn round-off into a huge error.
         scale = np.sqrt(X.var(axis=0) + self.dequantization_**2 / 12.0)
         scale = np.where(scale > 0, scale, 1.0)
-        rows = torch.tensor(X, dtype=self._flow_dtype()).to(self.device_)
+        rows = torch.tensor(X - self.center_, dtype=self._flow_dtype()).to(self.device_)
         err = round_trip_error(self.flow_.transform, rows).cpu().double().numpy()
         error = float((err / scale).max())
         # Inverses computed numerically (ODE solves) are exact only to their
@@ -792,11 +808,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         with torch.inference_mode():
             rows = eval_chunk(self.device_)
             for start in range(0, X.shape[0], rows):
-                # Convert chunk by chunk so memory stays bounded on huge inputs;
-                # torch.tensor copies, so read-only (memmapped) input is fine.
-                # (Contiguous: torch refuses the negative strides of X[::-1].)
+                # Convert chunk by chunk so memory stays bounded on huge inputs.
+                # The centring makes a new, contiguous array, so read-only
+                # (memmapped) and reversed (X[::-1]) input are fine.
                 chunk = torch.tensor(
-                    np.ascontiguousarray(X[start : start + rows]), dtype=self._flow_dtype()
+                    X[start : start + rows] - self.center_, dtype=self._flow_dtype()
                 )
                 finite = torch.isfinite(chunk).all(dim=1)
                 if bool(finite.any()):
@@ -992,7 +1008,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         else:
             with torch.inference_mode():
                 x = self.flow_.sample(int(n_samples), generator=gen)
-            samples = self._snap_to_lattice(x.cpu().double().numpy())
+            samples = self._snap_to_lattice(x.cpu().double().numpy() + self.center_)
         if not as_frame:
             return samples
         try:
@@ -1044,6 +1060,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         reproduce their sampling exactly."""
         if "dequantization_" in self.__dict__ and "dequantization_cells_" not in self.__dict__:
             self.dequantization_cells_ = [float(w) / 2 for w in self.dequantization_]
+        if "n_features_in_" in self.__dict__ and "center_" not in self.__dict__:
+            self.center_ = np.zeros(self.n_features_in_)  # fitted on the raw values
 
     def __setstate__(self, state):
         super().__setstate__(state)
