@@ -58,6 +58,46 @@ INVERTIBILITY_ROWS = 1000
 INVERTIBILITY_TOL = {"float32": 1e-2, "float64": 1e-8}
 
 
+def _check_fitted(fitted: dict, cls: type) -> None:
+    """Raise ``ValueError`` for fitted attributes (read from a model file)
+    that fit could not have set: names that are not fitted-attribute names
+    or would shadow the class's own (methods, properties), or values of the
+    wrong kind that would only fail later, deep in scoring or sampling.
+    Other names load as they are (fitted attributes are saved generically)."""
+    bad = sorted(
+        k
+        for k in fitted
+        if not (isinstance(k, str) and k.endswith("_") and not k.startswith("_")) or hasattr(cls, k)
+    )
+    if bad:
+        raise ValueError(f"invalid fitted attribute names {bad}")
+    d = fitted.get("n_features_in_")
+    if not (isinstance(d, Integral) and d >= 1):
+        raise ValueError(f"n_features_in_={d!r} is not a positive int")
+    shapes = {"dequantization_": (d,), "center_": (d,), "lattice_range_": (2, d)}
+    for name, shape in shapes.items():
+        value = fitted.get(name)
+        if value is not None and not (
+            isinstance(value, np.ndarray)
+            and value.shape == shape
+            and value.dtype.kind == "f"
+            and np.isfinite(value).all()
+        ):
+            raise ValueError(f"{name} is not a finite float array of shape {shape}")
+    for name in ("offset_", "reconstruction_error_"):
+        if not isinstance(fitted.get(name), Real) or isinstance(fitted.get(name), bool):
+            raise ValueError(f"{name}={fitted.get(name)!r} is not a number")
+    cells = fitted.get("dequantization_cells_")
+    if cells is not None and not (
+        isinstance(cells, list)
+        and len(cells) == d
+        and all(
+            isinstance(c, Real) or (isinstance(c, (list, tuple)) and len(c) == 3) for c in cells
+        )
+    ):
+        raise ValueError("dequantization_cells_ is not one cell description per feature")
+
+
 def _center(X: np.ndarray) -> np.ndarray:
     """A training value per column (the lower median) that the flow's input
     is shifted by, in float64, before it becomes a tensor: float32 then
@@ -1164,7 +1204,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         ValueError
             If the file is not a skflow model, is truncated, fails its
             SHA-256 check (corrupted or edited), was written by a newer file
-            format, or holds a flow this skflow version cannot rebuild.
+            format, or holds a flow this skflow version cannot rebuild or
+            fitted attributes that ``fit`` could not have set.
 
         See Also
         --------
@@ -1194,7 +1235,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             est = cls(**{k: _persistence.decode(v) for k, v in header["params"].items()})
             est._validate_params()
             fitted = {k: _persistence.decode(v) for k, v in header["fitted"].items()}
+            _check_fitted(fitted, cls)
             flow = est._build_flow(fitted["n_features_in_"], tuple(fitted["hidden_units_"]))
+            flow = flow.to(_DTYPES[est.dtype])
             _persistence.check_tensors(flow.state_dict(), tensors)
             # assign=True keeps the file's dtype (float32 or float64).
             flow.load_state_dict(tensors, strict=True, assign=True)

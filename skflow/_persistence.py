@@ -90,16 +90,17 @@ def check_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Tens
     missing = sorted(expected.keys() - found.keys())
     extra = sorted(found.keys() - expected.keys())
     reshaped = sorted(
-        f"{k} {tuple(found[k].shape)} instead of {tuple(expected[k].shape)}"
+        f"{k} {tuple(found[k].shape)} {found[k].dtype} instead of "
+        f"{tuple(expected[k].shape)} {expected[k].dtype}"
         for k in expected.keys() & found.keys()
-        if found[k].shape != expected[k].shape
+        if found[k].shape != expected[k].shape or found[k].dtype != expected[k].dtype
     )
     problems = [
         f"{what}: {listing(names)}"
         for what, names in [
             ("missing tensors", missing),
             ("unexpected tensors", extra),
-            ("tensors of another shape", reshaped),
+            ("tensors of another shape or dtype", reshaped),
         ]
         if names
     ]

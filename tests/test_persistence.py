@@ -224,15 +224,47 @@ def _resave(path, edit_header=None, edit_tensors=None):
         (
             lambda h: h["fitted"].update(hidden_units_={"__tuple__": [7, 7]}),
             None,
-            r"\(16, 3\) instead of \(7, 3\)",
+            r"\(16, 3\) torch.float32 instead of \(7, 3\)",
         ),
         (lambda h: h["params"].update(kind="glow2"), None, "'kind' parameter"),
         (lambda h: h["params"].update(future_option=1), None, "future_option"),
-        (lambda h: h["fitted"].pop("n_features_in_"), None, "it lacks 'n_features_in_'"),
+        (lambda h: h["fitted"].pop("n_features_in_"), None, "n_features_in_=None is not"),
         (None, lambda t: t.pop("base._anchor"), "missing tensors: base._anchor"),
         (None, lambda t: t.update(extra=torch.ones(1)), "unexpected tensors: extra"),
+        # Forged files (a checksum recomputed after editing) fail here, not
+        # later, deep in scoring or sampling.
+        (lambda h: h["fitted"].update(offset_="abc"), None, "offset_='abc' is not a number"),
+        (lambda h: h["fitted"].update(fit=1), None, r"invalid fitted attribute names \['fit'\]"),
+        (
+            lambda h: h["fitted"].update(lattice_range_=[1, 2]),
+            None,
+            r"lattice_range_ is not a finite float array of shape \(2, 3\)",
+        ),
+        (
+            lambda h: h["fitted"].update(dequantization_cells_=["x", 0.0, 0.0]),
+            None,
+            "dequantization_cells_ is not one cell description per feature",
+        ),
+        (
+            None,
+            lambda t: t.update({"base._anchor": t["base._anchor"].half()}),
+            "base._anchor .* torch.float16 instead of .* torch.float32",
+        ),
     ],
-    ids=["layers", "width", "kind", "new param", "no n_features", "lost", "extra"],
+    ids=[
+        "layers",
+        "width",
+        "kind",
+        "new param",
+        "no n_features",
+        "lost",
+        "extra",
+        "offset",
+        "shadow",
+        "lattice",
+        "cells",
+        "float16",
+    ],  # fmt: skip
 )
 def test_incompatible_contents_fail_clearly(saved, edit_header, edit_tensors, match):
     _resave(saved, edit_header, edit_tensors)
