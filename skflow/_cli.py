@@ -174,7 +174,7 @@ def _check_writable(out: Path) -> None:
         raise CLIError(
             f"--out {out}: is a directory; give a file name such as {out / 'model.skflow'}."
         )
-    parent = out.parent if str(out.parent) else Path(".")
+    parent = out.parent
     if not parent.is_dir():
         raise CLIError(f"--out {out}: directory {parent} does not exist.")
     if not os.access(parent, os.W_OK):

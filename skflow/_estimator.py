@@ -58,6 +58,17 @@ INVERTIBILITY_ROWS = 1000
 INVERTIBILITY_TOL = {"float32": 1e-2, "float64": 1e-8}
 
 
+def _is_cell_table(cell) -> bool:
+    """A per-value cell description: (values, half-widths, reach or None)."""
+    if not (isinstance(cell, tuple) and len(cell) == 3):
+        return False
+    values, half, reach = cell
+    arrays = all(
+        isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind == "f" for a in (values, half)
+    )
+    return arrays and values.shape == half.shape and (reach is None or isinstance(reach, Real))
+
+
 def _check_fitted(fitted: dict, cls: type) -> None:
     """Raise ``ValueError`` for fitted attributes (read from a model file)
     that fit could not have set: names that are not fitted-attribute names
@@ -72,7 +83,7 @@ def _check_fitted(fitted: dict, cls: type) -> None:
     if bad:
         raise ValueError(f"invalid fitted attribute names {bad}")
     d = fitted.get("n_features_in_")
-    if not (isinstance(d, Integral) and d >= 1):
+    if not (isinstance(d, Integral) and not isinstance(d, bool) and d >= 1):
         raise ValueError(f"n_features_in_={d!r} is not a positive int")
     shapes = {"dequantization_": (d,), "center_": (d,), "lattice_range_": (2, d)}
     for name, shape in shapes.items():
@@ -91,9 +102,7 @@ def _check_fitted(fitted: dict, cls: type) -> None:
     if cells is not None and not (
         isinstance(cells, list)
         and len(cells) == d
-        and all(
-            isinstance(c, Real) or (isinstance(c, (list, tuple)) and len(c) == 3) for c in cells
-        )
+        and all(isinstance(c, Real) or _is_cell_table(c) for c in cells)
     ):
         raise ValueError("dequantization_cells_ is not one cell description per feature")
 
@@ -502,7 +511,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         cells = noise_cells(X, widths, auto=isinstance(self.dequantize, str))
         half = half_widths(X, cells)
         X = X - center
-        flow.dequantization.copy_(torch.as_tensor(widths))
+        flow.dequantization.copy_(torch.as_tensor(widths).to(flow.dequantization.dtype))
         layers = flow.transform.transforms
         noise_var = (half**2).mean(axis=0) / 3.0
         if self.gaussianize:
@@ -632,7 +641,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         column_dtypes = _numpy_dtypes(X)
         X = self._validate_X(X, ensure_min_samples=2)
         center = _center(X)
-        self._check_representable(X - center)
+        with np.errstate(over="ignore"):  # (overflow is what the check reports)
+            self._check_representable(X - center)
         hidden_units = self._hidden_units(len(X))  # fail fast, before any torch work
         dtype = _DTYPES[self.dtype]
         device = resolve_device(self.device, dtype)
@@ -690,13 +700,20 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         generator = torch.Generator().manual_seed(seed)
         desc = f"FlowDensity({self.kind!r})"
         # Layers that draw noise while training (Hutchinson probes, flow
-        # matching) use torch's RNG: seed it too, so fit is reproducible.
+        # matching) use torch's RNG on the CPU and the training device: seed
+        # those (not torch.manual_seed, which reseeds every GPU), so fit is
+        # reproducible, and restore them after.
         rng_devices = [device] if device.type == "cuda" else []
         with (
             torch.random.fork_rng(devices=rng_devices),
             epoch_progress(self.verbose, self.max_iter, desc) as on_epoch,
         ):
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
+            elif device.type == "mps":
+                torch.mps.manual_seed(seed)  # (fork_rng cannot restore it)
             result = train_flow(
                 flow,
                 as_tensor(X_train - center),
@@ -851,9 +868,9 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 # Convert chunk by chunk so memory stays bounded on huge inputs.
                 # The centring makes a new, contiguous array, so read-only
                 # (memmapped) and reversed (X[::-1]) input are fine.
-                chunk = torch.tensor(
-                    X[start : start + rows] - self.center_, dtype=self._flow_dtype()
-                )
+                with np.errstate(over="ignore"):  # inf: scored -inf below
+                    centred = X[start : start + rows] - self.center_
+                chunk = torch.tensor(centred, dtype=self._flow_dtype())
                 finite = torch.isfinite(chunk).all(dim=1)
                 if bool(finite.any()):
                     logp = self.flow_.log_prob(chunk[finite].to(self.device_))
@@ -1239,7 +1256,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             flow = est._build_flow(fitted["n_features_in_"], tuple(fitted["hidden_units_"]))
             flow = flow.to(_DTYPES[est.dtype])
             _persistence.check_tensors(flow.state_dict(), tensors)
-            # assign=True keeps the file's dtype (float32 or float64).
+            # (check_tensors: the file's dtypes are those of the dtype parameter.)
             flow.load_state_dict(tensors, strict=True, assign=True)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             problem = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)

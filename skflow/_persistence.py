@@ -82,7 +82,8 @@ def decode(value: Any) -> Any:
 
 def check_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
     """Raise ``ValueError`` naming the first few tensors that are missing,
-    unexpected or of another shape in ``found``, compared with ``expected``."""
+    unexpected or of another shape or dtype in ``found``, compared with
+    ``expected``."""
 
     def listing(names: list[str]) -> str:
         return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

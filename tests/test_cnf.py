@@ -372,6 +372,7 @@ def test_flow_matching_keeps_the_weight_average(monkeypatch):
     def last_layer_norm(decay, early_stopping=True):
         est = FlowDensity(
             "cnf",
+            n_layers=1,  # (one block: every epoch improves on this seed)
             max_iter=5,
             early_stopping=early_stopping,
             random_state=0,
@@ -512,3 +513,44 @@ def test_ffjord_solver_underflow_is_divergence_not_a_crash(failing_call, monkeyp
     with pytest.warns(ConvergenceWarning, match="diverged"):
         est.fit(X)
     assert np.isfinite(est.score_samples(X)).all()
+
+
+def test_solver_underflow_when_scoring_says_so(monkeypatch):
+    """A fitted model whose solve underflows raises a FloatingPointError
+    that says what happened, instead of scoring every row of the batch -inf
+    (or sampling NaN)."""
+    X = np.random.RandomState(0).randn(40, 2)
+    est = FlowDensity("cnf", n_layers=1, hidden_units=8, max_iter=2, random_state=0).fit(X)
+
+    def odeint(*args, **kwargs):
+        raise AssertionError("underflow in dt 0.0")
+
+    monkeypatch.setattr(cnf_module, "odeint", odeint)
+    for call in (lambda: est.score_samples(X), lambda: est.sample(3)):
+        with pytest.raises(FloatingPointError, match="step size underflowed.*learning_rate"):
+            call()
+
+
+def test_adjoint_backward_underflow_is_divergence(monkeypatch):
+    """With adjoint=True the backward pass solves an ODE of its own, inside
+    loss.backward(); its underflow is divergence too."""
+    import torchdiffeq._impl.adjoint as adjoint_module
+
+    original = adjoint_module.odeint
+    calls = [0]
+
+    def odeint(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # the forward solve of step 1 is call 1, its backward call 2
+            raise AssertionError("underflow in dt 0.0")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(adjoint_module, "odeint", odeint)
+    X = np.random.RandomState(0).randn(40, 2)
+    est = FlowDensity(
+        "cnf", n_layers=1, hidden_units=8, max_iter=3, batch_size=40, random_state=0,
+        kind_options={"training": "mle", "adjoint": True},
+    )  # fmt: skip
+    with pytest.warns(ConvergenceWarning, match="diverged"):
+        est.fit(X)
+    assert calls[0] >= 2 and np.isfinite(est.score_samples(X)).all()

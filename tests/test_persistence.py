@@ -369,6 +369,24 @@ def test_model_fitted_before_dequantization_cells_still_samples(tmp_path):
         np.testing.assert_array_equal(old.cell_widths(X[:3]), [[1.0, 0.0]] * 3)
 
 
+def test_model_fitted_before_centring_scores_as_it_did(tmp_path, monkeypatch):
+    """Models from before center_ were fitted on the raw values: loading and
+    unpickling fill in a zero shift, so they score and sample as they did."""
+    from skflow import _estimator
+
+    data = X + [0.0, 0.0, 50.0]
+    monkeypatch.setattr(_estimator, "_center", lambda X: np.zeros(X.shape[1]))
+    est = FlowDensity(**FAST).fit(data)  # as fitted before the centring
+    monkeypatch.undo()
+    scores, samples = est.score_samples(data), est.sample(20, random_state=0)
+    del est.center_  # as written by skflow before center_
+    est.save(tmp_path / "old.skflow")
+    for old in (FlowDensity.load(tmp_path / "old.skflow"), pickle.loads(pickle.dumps(est))):
+        np.testing.assert_array_equal(old.center_, 0.0)
+        np.testing.assert_array_equal(old.score_samples(data), scores)
+        np.testing.assert_array_equal(old.sample(20, random_state=0), samples)
+
+
 def test_params_set_after_fit_change_the_next_fit_not_this_model(tmp_path):
     """set_params after fit (as a grid search's clone does not, but a user
     might) leaves the fitted model scoring as before, and save writes the

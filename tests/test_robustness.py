@@ -279,7 +279,7 @@ def test_reversed_and_strided_arrays_score_like_contiguous_ones(fitted):
     query = X[:50]
     expected = fitted.score_samples(query)
     np.testing.assert_array_equal(fitted.score_samples(query[::-1]), expected[::-1])
-    np.testing.assert_array_equal(fitted.score_samples(query[:, ::-1][:, ::-1]), expected)
+    np.testing.assert_array_equal(fitted.score_samples(query[::-2]), expected[::-2])
     refit = FlowDensity(**{**FAST, "contamination": 0.1}).fit(X[::-1])
     assert np.isfinite(refit.offset_)
 

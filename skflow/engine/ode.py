@@ -13,7 +13,8 @@ squared Frobenius norm of ``df/dx``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -24,6 +25,28 @@ from torch import Tensor, nn
 # costs O(rows^3) (2.3 ms for 256 rows on one CPU core, 13 ms for 512), so
 # larger batches are paired block by block.
 OT_BLOCK = 256
+
+
+class SolverUnderflow(FloatingPointError):
+    """An adaptive ODE solve needed a step below the float resolution: the
+    vector field blew up. Training treats it as divergence."""
+
+
+@contextmanager
+def underflow_as_error() -> Iterator[None]:
+    """Turn torchdiffeq's ``AssertionError("underflow in dt ...")`` (raised
+    by a forward solve, or by an adjoint's solve inside ``backward``) into
+    :class:`SolverUnderflow`, which says what happened."""
+    try:
+        yield
+    except AssertionError as exc:
+        if "underflow in dt" not in str(exc):
+            raise
+        raise SolverUnderflow(
+            "the adaptive ODE solver's step size underflowed: the continuous flow's vector "
+            "field has blown up (a diverged fit), so no density can be computed. Refit with "
+            "a smaller learning_rate, or use a fixed-step solver."
+        ) from None
 
 
 class TimeMLP(nn.Module):

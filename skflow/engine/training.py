@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from skflow.engine.distributions import Flow
+from skflow.engine.ode import underflow_as_error
 from skflow.engine.transforms import ActNorm, Compose
 
 EVAL_CHUNK = 65536
@@ -400,9 +401,18 @@ def train_flow(
         out_of_time = False
         for b in range(n_batches):
             idx = perm[b * batch_size : (b + 1) * batch_size]
-            loss = batch_loss(*batch_inputs(idx))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                # (An ODE solve can fail in backward too: the adjoint's.)
+                with underflow_as_error():
+                    loss = batch_loss(*batch_inputs(idx))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+            except FloatingPointError:
+                # A numerical failure (a continuous flow's field blew up):
+                # divergence, caught by the checks at the end of the epoch.
+                epoch_loss += math.nan
+                n_done = b + 1
+                break
             _clip_grad_norm(params, clip_grad)
             optimizer.step()
             if ema is not None:
@@ -419,7 +429,10 @@ def train_flow(
         result.loss_curve.append(train_loss)
         if ema is not None:
             ema.swap()  # validate (and keep as best) the averaged weights
-        val_score = validation_score(flow, X_val) if X_val is not None else None
+        try:
+            val_score = validation_score(flow, X_val) if X_val is not None else None
+        except FloatingPointError:
+            val_score = math.nan
 
         monitored = val_score if val_score is not None else -train_loss
         if not (math.isfinite(train_loss) and math.isfinite(monitored)) or not _params_finite(flow):

@@ -466,7 +466,8 @@ class ActNorm(ElementwiseAffine):
         self._known_initialized = False
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not self._known_initialized:
+        # (getattr: layers pickled before the flag existed lack it.)
+        if self.training and not getattr(self, "_known_initialized", False):
             if not bool(self.initialized):
                 self._initialize(x)
             self._known_initialized = True
