@@ -233,7 +233,8 @@ def skflow_fit(kind: str, X: np.ndarray) -> dict[str, float]:
         est.fit(X)
         fit_s = clock() - start
     n_val = int(round(est.validation_fraction * X.shape[0]))
-    X_val, X_train = (torch.tensor(a, dtype=torch.float32) for a in (X[:n_val], X[n_val:]))
+    center = est.center_  # fit's shift of each column (a value of it)
+    X_val, X_train = (torch.tensor(a - center, dtype=torch.float32) for a in (X[:n_val], X[n_val:]))
     out = {"fit": fit_s, "steps": EPOCHS * (len(X_train) // BATCH)}
     compile_s, compile_wall = [], []
     compile_soft = training._compile_soft
@@ -250,7 +251,7 @@ def skflow_fit(kind: str, X: np.ndarray) -> dict[str, float]:
     try:
         for name, compile in (("loop", False), ("loop compiled", True)):
             flow = est._build_flow(X.shape[1], HIDDEN)
-            est._fit_preprocessing(flow, X[n_val:])
+            est._fit_preprocessing(flow, X[n_val:], center)
             start = clock()
             result = train_flow(
                 flow,
