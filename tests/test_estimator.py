@@ -212,6 +212,7 @@ def test_max_time_stops_training(moons):
         (dict(device="tpu"), "device"),
         (dict(dtype="float16"), "dtype"),
         (dict(kind_options={"no_such_option": 1}), "kind_options"),
+        (dict(kind_options={"batch_norm": "yes"}), "batch_norm must be True or False"),
     ],
 )
 def test_invalid_parameters_raise_clear_errors(params, match, moons):

@@ -582,6 +582,8 @@ class BatchNormFlow(Transform):
 def batch_normed(layer: Transform, n_features: int, enabled: bool) -> Transform:
     """``layer`` followed by a :class:`BatchNormFlow` when ``enabled`` (the
     ``batch_norm`` option of the maf, realnvp and nice kinds)."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"batch_norm must be True or False, got {enabled!r}.")
     return Compose(layer, BatchNormFlow(n_features)) if enabled else layer
 
 
