@@ -1201,7 +1201,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
 
         Loading parses JSON and copies tensor bytes; it never executes code
         from the file, so it is safe on files from untrusted sources (a
-        malicious file can at worst hold bad weights).
+        malicious file can at worst hold bad weights, or name a network so
+        large that building it exhausts memory).
 
         Parameters
         ----------
