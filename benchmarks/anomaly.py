@@ -2,7 +2,9 @@
 
 Semi-supervised protocol on the labelled ADBench tables in ../shared/data, one run, same
 split for every method:
-- fit on a random half of the normal rows (random_state=0);
+- fit on a random half of the normal rows (split seed 0; with --seeds N, each method is run on
+  the splits of seeds 0..N-1 and its AUROCs are averaged, with the spread of the mean over the
+  splits);
 - test on the other half of the normal rows plus all anomalies;
 - anomaly score = -score_samples (FlowDensity, LOF(novelty=True), IsolationForest,
   GaussianMixture), or the mean distance to the k=5 nearest training rows on standardized
@@ -11,7 +13,7 @@ split for every method:
 Metric: AUROC (higher is better); the table also gives each method's fit+score time as a
 ratio to IsolationForest's.
 
-Run:  python benchmarks/anomaly.py [--kinds maf nsf] [--tables adbench_6_cardio ...]
+Run:  python benchmarks/anomaly.py [--kinds maf nsf] [--tables adbench_6_cardio ...] [--seeds 3]
 Writes benchmarks/results/anomaly.json and prints a markdown table.
 """
 
@@ -81,6 +83,12 @@ def main(argv=None):
     parser.add_argument("--tables", nargs="+", default=None)
     parser.add_argument("--params", default="{}", help="JSON dict of FlowDensity parameters")
     parser.add_argument("--out", default="anomaly")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="random halves of the normal rows to average over (split seeds 0..N-1)",
+    )
     args = parser.parse_args(argv)
     params = json.loads(args.params)
     methods = {f"flow:{k}": flow(k, params) for k in args.kinds}
@@ -88,18 +96,31 @@ def main(argv=None):
     tables = args.tables or list_tables("adbench_")
     results = {}
     for name in tables:
-        X_train, X_test, y_test = split(name)
+        per_seed = {method: [] for method in methods}
+        for seed in range(args.seeds):
+            X_train, X_test, y_test = split(name, seed)
+            for method, fit in methods.items():
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    scores = fit(X_train, X_test)
+                seconds = time.perf_counter() - start
+                # Never rank NaN as normal.
+                scores = np.nan_to_num(scores, nan=np.inf, posinf=np.inf)
+                auc = roc_auc_score(y_test, scores)
+                per_seed[method].append((float(auc), seconds))
+                print(
+                    f"{name:24s} {method:12s} split {seed} AUROC {auc:.3f} {seconds:7.1f}s",
+                    flush=True,
+                )
         results[name] = {"n_train": len(X_train), "d": X_train.shape[1]}
-        for method, fit in methods.items():
-            start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                scores = fit(X_train, X_test)
-            seconds = time.perf_counter() - start
-            scores = np.nan_to_num(scores, nan=np.inf, posinf=np.inf)  # never rank NaN as normal
-            auc = roc_auc_score(y_test, scores)
-            results[name][method] = {"auroc": float(auc), "seconds": seconds}
-            print(f"{name:24s} {method:12s} AUROC {auc:.3f} {seconds:7.1f}s", flush=True)
+        for method, runs in per_seed.items():
+            aucs = [auc for auc, _ in runs]
+            results[name][method] = {
+                "auroc": float(np.mean(aucs)),
+                "auroc_per_split": aucs,
+                "seconds": float(np.mean([s for _, s in runs])),
+            }
 
     header = ["table", "n×d"] + list(methods) + ["flow time / iforest time"]
     rows = []
@@ -112,6 +133,29 @@ def main(argv=None):
         )
     means = {m: float(np.mean([r[m]["auroc"] for r in results.values()])) for m in methods}
     rows.append(["**mean**", ""] + [means[m] for m in methods] + [""])
+    if args.seeds > 1:
+        # The mean over the tables of each split, then its spread over the splits.
+        split_means = {
+            m: [
+                float(np.mean([r[m]["auroc_per_split"][s] for r in results.values()]))
+                for s in range(args.seeds)
+            ]
+            for m in methods
+        }
+        rows.append(
+            ["**std of the mean over splits**", ""]
+            + [float(np.std(split_means[m])) for m in methods]
+            + [""]
+        )
+        rows.append(
+            ["**splits where it beats k-NN**", ""]
+            + [
+                f"{sum(a > b for a, b in zip(split_means[m], split_means['knn5'], strict=True))}"
+                f"/{args.seeds}"
+                for m in methods
+            ]
+            + [""]
+        )
     table = markdown_table(header, rows)
     print()
     print(table)
@@ -120,6 +164,7 @@ def main(argv=None):
         {
             "params": params,
             "kinds": args.kinds,
+            "seeds": args.seeds,
             "results": results,
             "mean_auroc": means,
             "table": table,
