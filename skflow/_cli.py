@@ -46,9 +46,10 @@ class _Parser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------ reading
 def _has_header(path: Path) -> bool:
-    """A first line with any non-numeric field is a header."""
+    """A first line with any non-numeric field is a header (blank lines
+    before it are skipped, as pandas skips them)."""
     with open(path, newline="") as f:
-        first = next(csv.reader(f), None)
+        first = next((row for row in csv.reader(f) if any(field.strip() for field in row)), None)
     if not first:
         raise CLIError(f"{path} is empty.")
     for field in first:

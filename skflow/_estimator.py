@@ -1123,6 +1123,10 @@ class FlowDensity(OutlierMixin, BaseEstimator):
     def __setstate__(self, state):
         super().__setstate__(state)
         self._fill_fitted_defaults()
+        if "flow_" in self.__dict__ and "_fitted_params" not in self.__dict__:
+            # Pickled before fit recorded them: the parameters as pickled,
+            # so set_params after unpickling does not change what save writes.
+            self._fitted_params = copy.deepcopy(self.get_params(deep=False))
         if "flow_" not in self.__dict__:
             return
         device = _usable_device(self.__dict__.get("device_", torch.device("cpu")))

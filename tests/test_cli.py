@@ -108,6 +108,16 @@ def test_sample_zero_rows_writes_the_header_only(files, tmp_path, capsys):
     assert capsys.readouterr().out.strip().count("\n") == 0  # the header line alone
 
 
+def test_leading_blank_lines_are_skipped(files, tmp_path, capsys):
+    csv = tmp_path / "blank.csv"
+    csv.write_text("\n\n" + (files / "train.csv").read_text())
+    model = tmp_path / "m.skflow"
+    assert main(["fit", str(csv), "--out", str(model), *FAST]) == 0
+    assert list(FlowDensity.load(model).feature_names_in_) == list(
+        FlowDensity.load(files / "model.skflow").feature_names_in_
+    )
+
+
 def test_header_is_detected(files, capsys, tmp_path):
     model = tmp_path / "m.skflow"
     assert main(["fit", str(files / "train_noheader.csv"), "--out", str(model), *FAST]) == 0

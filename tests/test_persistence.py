@@ -401,3 +401,9 @@ def test_params_set_after_fit_change_the_next_fit_not_this_model(tmp_path):
     np.testing.assert_array_equal(loaded.score_samples(X), scores)
     # The next fit follows the new parameters.
     assert est.fit(X).flow_.dequantization.dtype == torch.float64
+    # A model pickled before fit recorded its parameters: those as pickled.
+    old = FlowDensity(**FAST).fit(X)
+    del old._fitted_params
+    old = pickle.loads(pickle.dumps(old)).set_params(kind="nsf")
+    old.save(tmp_path / "old.safetensors")
+    assert FlowDensity.load(tmp_path / "old.safetensors").get_params()["kind"] == "maf"
