@@ -90,6 +90,8 @@ def main(argv=None):
         help="random halves of the normal rows to average over (split seeds 0..N-1)",
     )
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     params = json.loads(args.params)
     methods = {f"flow:{k}": flow(k, params) for k in args.kinds}
     methods |= {"iforest": iforest, "lof": lof, "knn5": knn, "gmm_bic": gmm_bic}
@@ -143,7 +145,7 @@ def main(argv=None):
             for m in methods
         }
         rows.append(
-            ["**std of the mean over splits**", ""]
+            ["**std (over splits) of the mean over tables**", ""]
             + [float(np.std(split_means[m])) for m in methods]
             + [""]
         )

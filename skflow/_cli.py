@@ -49,7 +49,8 @@ def _has_header(path: Path) -> bool:
     """A first line with any non-numeric field is a header (blank lines
     before it are skipped, as pandas skips them)."""
     with open(path, newline="") as f:
-        first = next((row for row in csv.reader(f) if any(field.strip() for field in row)), None)
+        rows = csv.reader(f)
+        first = next((r for r in rows if len(r) > 1 or (r and r[0].strip())), None)
     if not first:
         raise CLIError(f"{path} is empty.")
     for field in first:

@@ -697,6 +697,13 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             batch_size = min(len(train_idx), int(np.clip(len(train_idx) // 8, 64, 256)))
         else:
             batch_size = self.batch_size
+        min_rows = getattr(flow.transform.transforms[-1], "min_batch_rows", 1)
+        if batch_size < min_rows:
+            raise ValueError(
+                f"kind={self.kind!r} trained by flow matching gives each of its {min_rows} "
+                f"blocks (n_layers) a share of every minibatch, but minibatches hold "
+                f"{batch_size} rows: raise batch_size (or train on more rows), or lower n_layers."
+            )
         generator = torch.Generator().manual_seed(seed)
         desc = f"FlowDensity({self.kind!r})"
         # Layers that draw noise while training (Hutchinson probes, flow
@@ -1125,8 +1132,13 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         self._fill_fitted_defaults()
         if "flow_" in self.__dict__ and "_fitted_params" not in self.__dict__:
             # Pickled before fit recorded them: the parameters as pickled,
-            # so set_params after unpickling does not change what save writes.
-            self._fitted_params = copy.deepcopy(self.get_params(deep=False))
+            # so set_params after unpickling does not change what save writes
+            # (unless the pickle predates a parameter: then save writes the
+            # current ones, as it always did).
+            try:
+                self._fitted_params = copy.deepcopy(self.get_params(deep=False))
+            except AttributeError:
+                pass
         if "flow_" not in self.__dict__:
             return
         device = _usable_device(self.__dict__.get("device_", torch.device("cpu")))

@@ -554,3 +554,50 @@ def test_adjoint_backward_underflow_is_divergence(monkeypatch):
     with pytest.warns(ConvergenceWarning, match="diverged"):
         est.fit(X)
     assert calls[0] >= 2 and np.isfinite(est.score_samples(X)).all()
+
+
+def test_underflow_outside_training_steps_does_not_lose_the_fit(monkeypatch):
+    """An underflow in the starting point's validation solve is an
+    unusable start (training goes on), and one in the post-fit round trip
+    is an infinite reconstruction error (an InvertibilityWarning): neither
+    makes fit fail and throw the trained model away."""
+    from skflow.exceptions import InvertibilityWarning
+
+    original = cnf_module.odeint
+    X = np.random.RandomState(0).randn(40, 2)
+
+    def fit_with(fails):
+        calls = [0]
+
+        def odeint(func, y0, t, **kwargs):
+            calls[0] += 1
+            if fails(calls[0], t):
+                raise AssertionError("underflow in dt 0.0")
+            return original(func, y0, t, **kwargs)
+
+        monkeypatch.setattr(cnf_module, "odeint", odeint)
+        est = FlowDensity(
+            "cnf", n_layers=1, hidden_units=8, max_iter=2, batch_size=40, random_state=0,
+            kind_options={"training": "mle"},
+        )  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(X)
+        return est, [w.category for w in caught]
+
+    est, _ = fit_with(lambda call, t: call == 1)  # the starting point's validation
+    assert est.best_epoch_ >= 1 and np.isfinite(est.score_samples(X)).all()
+    # Solves towards the data (t increasing) run only in the round-trip check.
+    est, caught = fit_with(lambda call, t: bool(t[0] < t[-1]))
+    assert est.reconstruction_error_ == np.inf and InvertibilityWarning in caught
+
+
+def test_flow_matching_batches_hold_a_row_per_block():
+    X = np.random.RandomState(0).randn(40, 2)
+    with pytest.raises(ValueError, match="3 blocks .* minibatches hold 2 rows"):
+        FlowDensity("cnf", n_layers=3, hidden_units=8, batch_size=2, max_iter=1).fit(X)
+    # FFJORD solves each block on every row: no such limit.
+    FlowDensity(
+        "cnf", n_layers=3, hidden_units=8, batch_size=2, max_iter=1,
+        kind_options={"training": "mle", "solver": "rk4", "n_steps": 2},
+    ).fit(X[:6])  # fmt: skip

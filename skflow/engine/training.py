@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from skflow.engine.distributions import Flow
-from skflow.engine.ode import underflow_as_error
+from skflow.engine.ode import SolverUnderflow, underflow_as_error
 from skflow.engine.transforms import ActNorm, Compose
 
 EVAL_CHUNK = 65536
@@ -389,7 +389,10 @@ def train_flow(
         flow.train()
         first = batch_inputs(torch.arange(batch_size, device=X_train.device))
         batch_loss = _compile_soft(batch_loss, first, params, result)
-    best_score = validation_score(flow, X_val) if X_val is not None else -math.inf
+    try:
+        best_score = validation_score(flow, X_val) if X_val is not None else -math.inf
+    except SolverUnderflow:
+        best_score = -math.inf
     if not math.isfinite(best_score) and X_val is not None:
         best_score = -math.inf
     best_state = _snapshot(flow)
@@ -407,9 +410,9 @@ def train_flow(
                     loss = batch_loss(*batch_inputs(idx))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-            except FloatingPointError:
-                # A numerical failure (a continuous flow's field blew up):
-                # divergence, caught by the checks at the end of the epoch.
+            except SolverUnderflow:
+                # A continuous flow's field blew up: divergence, caught by
+                # the checks at the end of the epoch.
                 epoch_loss += math.nan
                 n_done = b + 1
                 break
@@ -431,7 +434,7 @@ def train_flow(
             ema.swap()  # validate (and keep as best) the averaged weights
         try:
             val_score = validation_score(flow, X_val) if X_val is not None else None
-        except FloatingPointError:
+        except SolverUnderflow:
             val_score = math.nan
 
         monitored = val_score if val_score is not None else -train_loss

@@ -294,6 +294,12 @@ class ContinuousFlow(Transform):
         }
 
     @property
+    def min_batch_rows(self) -> int:
+        """Flow matching gives block k the rows k, k + K, ... of each batch,
+        so a batch of fewer than K rows would leave blocks untrained."""
+        return len(self.blocks) if self.training_method == "flow_matching" else 1
+
+    @property
     def round_trip_tolerance(self) -> float:
         """Expected bound on ``|x - inverse(forward(x))|`` (standardized
         units): solver error, about ``100 * max(rtol, atol)`` for adaptive
@@ -462,7 +468,8 @@ class ContinuousFlow(Transform):
             # (rows come in random order) get a time in it. Strided slices of
             # rows, unlike boolean masks, never wait for a GPU. The shares
             # differ by one row when K does not divide the batch, which
-            # changes no block's optimum: each regresses on its own slice.
+            # changes no block's optimum (each regresses on its own slice);
+            # batches of fewer than K rows are refused (min_batch_rows).
             block_of = torch.arange(x1.shape[0], device=x.device, dtype=x.dtype) % n_blocks
             t = (block_of[:, None] + t) / n_blocks
         xt = (1 - (1 - self.sigma_min) * t) * x0 + t * x1
