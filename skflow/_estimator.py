@@ -132,11 +132,18 @@ def _usable_device(wanted: str | torch.device) -> torch.device:
         return torch.device("cpu")
 
 
+def _column_dtypes(X):
+    """A DataFrame's column dtypes (a Series of them), or None for anything
+    else (arrays, lists, a pandas Series, which has one dtype)."""
+    dtypes = getattr(X, "dtypes", None)
+    return dtypes if hasattr(dtypes, "items") else None
+
+
 def _numpy_dtypes(X) -> list[str | None] | None:
     """The numpy dtype of each numeric column of a DataFrame (None for other
     types, e.g. pandas' nullable "Int64"); None for anything else."""
-    dtypes = getattr(X, "dtypes", None)
-    if dtypes is None or not hasattr(dtypes, "items"):
+    dtypes = _column_dtypes(X)
+    if dtypes is None:
         return None
     return [
         str(t) if isinstance(t, np.dtype) and t.kind in "biuf" else None for _, t in dtypes.items()
@@ -519,11 +526,10 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             layers[0].reset(torch.as_tensor(x_knots), torch.as_tensor(z_knots))
             # Whiten what the marginal layer outputs, noise included.
             jitter = np.random.RandomState(0).uniform(-0.5, 0.5, size=X.shape) * 2 * half
+            knots = layers[0].x_knots  # already on the flow's device
+            noisy = torch.as_tensor(X + jitter, dtype=knots.dtype, device=knots.device)
             with torch.no_grad():
-                knots = layers[0].x_knots  # already on the flow's device
-                X = layers[0](torch.as_tensor(X + jitter, dtype=knots.dtype, device=knots.device))[
-                    0
-                ]
+                X = layers[0](noisy)[0]
             X, noise_var = X.cpu().double().numpy(), np.zeros_like(noise_var)
         loc, scale = standardization(X, noise_var, self.whiten)
         layers[1 if self.gaussianize else 0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
@@ -532,9 +538,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
 
     def _validate_X(self, X, **kwargs) -> np.ndarray:
         """``validate_data`` to float64, with an error naming non-numeric columns."""
-        dtypes = getattr(X, "dtypes", None)  # a DataFrame names its columns
-        if not hasattr(dtypes, "items"):  # (a Series has one dtype)
-            dtypes = None
+        dtypes = _column_dtypes(X)  # a DataFrame names its columns
         times = (
             []
             if dtypes is None
@@ -1119,9 +1123,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         return self.flow_.dequantization.dtype
 
     def _fill_fitted_defaults(self) -> None:
-        """Models fitted before per-value dequantization cells had one noise
-        width per feature (``dequantization_``): the same constant cells
-        reproduce their sampling exactly."""
+        """Fitted attributes that older models (files, pickles) lack. Before
+        per-value dequantization cells there was one noise width per feature
+        (``dequantization_``): the same constant cells reproduce their
+        sampling exactly. Before ``center_`` the flow saw the raw values: a
+        zero shift."""
         if "dequantization_" in self.__dict__ and "dequantization_cells_" not in self.__dict__:
             self.dequantization_cells_ = [float(w) / 2 for w in self.dequantization_]
         if "n_features_in_" in self.__dict__ and "center_" not in self.__dict__:

@@ -308,3 +308,9 @@ def test_compile_unsupported_layers_train_eagerly(kind, options, layer, monkeypa
     with pytest.warns(UserWarning, match=f"not supported for .*{layer}"):
         est.fit(X)
     assert np.isfinite(est.score_samples(X)).all()
+
+
+def test_batch_norm_takes_numpy_bools(moons):
+    # (What a value read from a numpy array or a config file may be.)
+    est = FlowDensity(kind_options={"batch_norm": np.True_}, **FAST).fit(moons)
+    assert any(type(m).__name__ == "BatchNormFlow" for m in est.flow_.modules())

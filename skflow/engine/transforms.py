@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -582,7 +583,7 @@ class BatchNormFlow(Transform):
 def batch_normed(layer: Transform, n_features: int, enabled: bool) -> Transform:
     """``layer`` followed by a :class:`BatchNormFlow` when ``enabled`` (the
     ``batch_norm`` option of the maf, realnvp and nice kinds)."""
-    if not isinstance(enabled, bool) and type(enabled).__name__ != "bool_":  # (numpy's)
+    if not isinstance(enabled, (bool, np.bool_)):
         raise ValueError(f"batch_norm must be True or False, got {enabled!r}.")
     enabled = bool(enabled)
     return Compose(layer, BatchNormFlow(n_features)) if enabled else layer
