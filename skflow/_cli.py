@@ -26,6 +26,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from skflow import __version__
 from skflow._estimator import FlowDensity
 from skflow.engine import KINDS
@@ -183,9 +185,31 @@ def _check_writable(out: Path) -> None:
         raise CLIError(f"--out {out}: directory {parent} is not writable.")
 
 
+def _split_weights(X, column: str, path: str):
+    """``X`` without its weight column (a header name, or a 1-based
+    position in a file without header) and that column's values."""
+    if hasattr(X, "columns"):
+        if column not in X.columns:
+            raise CLIError(
+                f"--weight-column {column}: {path} has no column {column!r} "
+                f"(its columns: {', '.join(map(repr, X.columns))})."
+            )
+        return X.drop(columns=column), X[column].to_numpy()
+    if not column.isdigit() or not 1 <= int(column) <= X.shape[1]:
+        raise CLIError(
+            f"--weight-column {column}: {path} has no header, so give the column's position, "
+            f"1 to {X.shape[1]}."
+        )
+    j = int(column) - 1
+    return np.delete(X, j, axis=1), X[:, j]
+
+
 def _fit(args: argparse.Namespace) -> None:
     _check_writable(Path(args.out))
     X = read_table(args.data, args.header)
+    weights = None
+    if args.weight_column is not None:
+        X, weights = _split_weights(X, args.weight_column, args.data)
     params = {
         opt.replace("-", "_"): getattr(args, opt.replace("-", "_"))
         for opt in _FIT_OPTIONS
@@ -196,7 +220,7 @@ def _fit(args: argparse.Namespace) -> None:
     )
     est = FlowDensity(kind=args.kind, verbose=args.verbose, compile=args.compile, **params)
     start = time.perf_counter()
-    est.fit(X)
+    est.fit(X, sample_weight=weights)
     seconds = time.perf_counter() - start
     out = Path(args.out)
     est.save(out)
@@ -295,6 +319,12 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
         fit.add_argument(f"--{opt}", type=type_, help=help_, metavar=opt.split("-")[-1].upper())
     for opt, (param, help_) in _FIT_SWITCHES.items():
         fit.add_argument(f"--{opt}", dest=param, action="store_false", default=None, help=help_)
+    fit.add_argument(
+        "--weight-column",
+        metavar="COLUMN",
+        help="column of row weights (non-negative; a name, or a 1-based position in a file "
+        "without header): fits the weighted distribution; not a feature of the model",
+    )
     fit.add_argument(
         "--compile",
         action="store_true",

@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from skflow import _persistence
 from skflow._preprocessing import (
@@ -28,6 +28,8 @@ from skflow._preprocessing import (
     noise_cells,
     snap_to_cells,
     standardization,
+    weighted_lower_median,
+    weighted_quantile,
 )
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
@@ -107,13 +109,32 @@ def _check_fitted(fitted: dict, cls: type) -> None:
         raise ValueError("dequantization_cells_ is not one cell description per feature")
 
 
-def _center(X: np.ndarray) -> np.ndarray:
+def _center(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """A training value per column (the lower median) that the flow's input
     is shifted by, in float64, before it becomes a tensor: float32 then
     keeps the digits of a column far from zero (timestamps, a large
     constant). An observed value keeps integer codes integers, and a shift
     leaves the density unchanged."""
-    return np.sort(X, axis=0)[(X.shape[0] - 1) // 2].copy()
+    if weights is None:
+        return np.sort(X, axis=0)[(X.shape[0] - 1) // 2].copy()
+    return np.array([weighted_lower_median(col, weights) for col in X.T])
+
+
+def _weighted_rows(X: np.ndarray, sample_weight) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows of ``X`` with a positive ``sample_weight`` and their weights
+    scaled to mean 1, or None when all are equal (the unweighted fit)."""
+    weights = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+    keep = weights > 0
+    if keep.sum() < 2:
+        raise ValueError(
+            f"sample_weight gives a non-zero weight to {keep.sum()} row(s); a density needs "
+            "at least 2 rows of positive weight."
+        )
+    X, weights = X[keep], weights[keep]
+    if np.all(weights == weights[0]):
+        return X, None
+    weights = weights / weights.max()  # (so that the mean cannot overflow)
+    return X, weights / weights.mean()
 
 
 def _usable_device(wanted: str | torch.device) -> torch.device:
@@ -509,20 +530,23 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             layers.append(LogTails(TAIL_START))
         return Flow(Compose(*layers), StandardNormal(n_features))
 
-    def _fit_preprocessing(self, flow: Flow, X: np.ndarray, center: np.ndarray):
+    def _fit_preprocessing(
+        self, flow: Flow, X: np.ndarray, center: np.ndarray, weights: np.ndarray | None
+    ):
         """Set the fixed layers in front of the flow's body from the training
-        rows; return the dequantization widths (each feature's resolution),
-        cells (see :func:`noise_cells`) and the half-widths of ``X``'s noise.
-        The cells are in the units of ``X``; the layers see ``X - center``."""
+        rows (counted with their ``weights``, if any); return the
+        dequantization widths (each feature's resolution), cells (see
+        :func:`noise_cells`) and the half-widths of ``X``'s noise. The cells
+        are in the units of ``X``; the layers see ``X - center``."""
         widths = dequantization_widths(X, self.dequantize)
         cells = noise_cells(X, widths, auto=isinstance(self.dequantize, str))
         half = half_widths(X, cells)
         X = X - center
         flow.dequantization.copy_(torch.as_tensor(widths).to(flow.dequantization.dtype))
         layers = flow.transform.transforms
-        noise_var = (half**2).mean(axis=0) / 3.0
+        noise_var = np.average(half**2, axis=0, weights=weights) / 3.0
         if self.gaussianize:
-            x_knots, z_knots = gaussianizing_knots(X, half)
+            x_knots, z_knots = gaussianizing_knots(X, half, weights=weights)
             layers[0].reset(torch.as_tensor(x_knots), torch.as_tensor(z_knots))
             # Whiten what the marginal layer outputs, noise included.
             jitter = np.random.RandomState(0).uniform(-0.5, 0.5, size=X.shape) * 2 * half
@@ -531,7 +555,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             with torch.no_grad():
                 X = layers[0](noisy)[0]
             X, noise_var = X.cpu().double().numpy(), np.zeros_like(noise_var)
-        loc, scale = standardization(X, noise_var, self.whiten)
+        loc, scale = standardization(X, noise_var, self.whiten, weights)
         layers[1 if self.gaussianize else 0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
         # float64, not the buffer's dtype: sample() snaps onto this lattice.
         return widths, cells, half
@@ -605,7 +629,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             )
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Fit the flow to ``X`` by maximum likelihood.
 
         Parameters
@@ -614,6 +638,19 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             Training data (numpy array or pandas DataFrame), at least 2 rows.
         y : Ignored
             Not used, present for API consistency.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each row (survey weights, counts of
+            aggregated rows, importance weights); ``None`` weighs all rows
+            equally. Training maximizes the weighted mean log-likelihood, so
+            the flow models the weighted distribution, and early stopping,
+            the fixed preprocessing (centre, quantile map, whitening) and
+            ``offset_`` (``contamination`` is a share of the total weight)
+            use the weights too. Weights are relative: scaling all of them
+            changes nothing, and rows of weight 0 are left out as if absent.
+            Sizes chosen from the data (``hidden_units="auto"``,
+            ``batch_size="auto"``) count rows. An integer weight is close to,
+            but not the same fit as, repeating the row: the validation split
+            and minibatches are drawn over rows.
 
         Returns
         -------
@@ -635,16 +672,19 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         # an old offset_ or shape.
         before = dict(self.__dict__)
         try:
-            return self._fit(X)
+            return self._fit(X, sample_weight)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)
             raise
 
-    def _fit(self, X):
+    def _fit(self, X, sample_weight):
         column_dtypes = _numpy_dtypes(X)
         X = self._validate_X(X, ensure_min_samples=2)
-        center = _center(X)
+        weights = None
+        if sample_weight is not None:
+            X, weights = _weighted_rows(X, sample_weight)
+        center = _center(X, weights)
         with np.errstate(over="ignore"):  # (overflow is what the check reports)
             self._check_representable(X - center)
         hidden_units = self._hidden_units(len(X))  # fail fast, before any torch work
@@ -661,6 +701,8 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         else:
             val_idx, train_idx = None, order
         X_train = X[train_idx]
+        w_train = None if weights is None else weights[train_idx]
+        w_val = None if weights is None or val_idx is None else weights[val_idx]
 
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only (flows are built on the CPU):
@@ -690,7 +732,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         # Cast first: fitted buffers set in float32 and cast to float64 would
         # keep only float32 accuracy (the standardization would not invert).
         flow = flow.to(device=device, dtype=dtype)
-        widths, cells, half_train = self._fit_preprocessing(flow, X_train, center)
+        widths, cells, half_train = self._fit_preprocessing(flow, X_train, center, w_train)
 
         def as_tensor(a):
             return torch.tensor(a, dtype=dtype).to(device)
@@ -743,6 +785,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
                 max_time=self.max_time,
                 on_epoch=on_epoch,
                 compile=self.compile,
+                weights=(
+                    None
+                    if weights is None
+                    else (as_tensor(w_train), None if w_val is None else as_tensor(w_val))
+                ),
             )
         self._warn_training(result)
 
@@ -758,7 +805,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         self.dequantization_cells_ = cells
         self.lattice_range_ = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
         self.center_ = center
-        self.offset_ = self._compute_offset(X, val_idx)
+        self.offset_ = self._compute_offset(X, val_idx, weights)
         # ODE-based kinds count their vector-field evaluations (fit and the
         # scoring just done).
         nfe = getattr(flow.transform.transforms[-1], "nfe", None)
@@ -855,13 +902,19 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             )
         return error
 
-    def _compute_offset(self, X: np.ndarray, val_idx: np.ndarray | None) -> float:
-        if self.contamination == "auto":
+    def _compute_offset(
+        self, X: np.ndarray, val_idx: np.ndarray | None, weights: np.ndarray | None
+    ) -> float:
+        tail = AUTO_TAIL if self.contamination == "auto" else self.contamination
+        if self.contamination == "auto" and val_idx is not None:
             # Held-out rows show how new normal data score (training rows are
             # flattered by overfitting), so "auto" takes their tail.
-            rows = X[val_idx] if val_idx is not None else X
-            return float(np.percentile(self._log_density(rows), 100.0 * AUTO_TAIL))
-        return float(np.percentile(self._log_density(X), 100.0 * self.contamination))
+            X = X[val_idx]
+            weights = None if weights is None else weights[val_idx]
+        scores = self._log_density(X)
+        if weights is None:
+            return float(np.percentile(scores, 100.0 * tail))
+        return float(weighted_quantile(scores, tail, weights))
 
     # -------------------------------------------------------------- scoring
     def _log_density(self, X: np.ndarray) -> np.ndarray:
@@ -952,7 +1005,7 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         check_is_fitted(self)
         return 2 * half_widths(self._validate_X(X, reset=False), self.dequantization_cells_)
 
-    def score(self, X, y=None):
+    def score(self, X, y=None, sample_weight=None):
         """Mean log-likelihood of the rows of ``X`` (higher is better).
 
         Parameters
@@ -961,6 +1014,11 @@ class FlowDensity(OutlierMixin, BaseEstimator):
             Query points.
         y : Ignored
             Not used, present for API consistency.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative row weights: the weighted mean is returned (a row
+            of weight 0 does not count, even at log-density ``-inf``).
+            Model selection (``GridSearchCV``, ``cross_val_score``) passes
+            each test fold's weights here when ``fit`` gets weights.
 
         Returns
         -------
@@ -976,7 +1034,12 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         >>> bool(est.score(X) == est.score_samples(X).mean())
         True
         """
-        return float(np.mean(self.score_samples(X)))
+        scores = self.score_samples(X)
+        if sample_weight is None:
+            return float(np.mean(scores))
+        weights = _check_sample_weight(sample_weight, scores, ensure_non_negative=True)
+        counted = weights > 0
+        return float(np.average(scores[counted], weights=weights[counted]))
 
     def decision_function(self, X):
         """Shifted log-density: negative for outliers, positive for inliers.

@@ -157,25 +157,59 @@ def snap_to_cells(samples: np.ndarray, cells: NoiseCells, low: np.ndarray) -> np
     return out
 
 
+def weighted_quantile(values: np.ndarray, q, weights: np.ndarray | None = None):
+    """Quantiles ``q`` (in [0, 1]) of ``values``: :func:`numpy.quantile`
+    without ``weights``; with them, linear interpolation between the sorted
+    values placed at the midpoints of their cumulative weight."""
+    if weights is None:
+        return np.quantile(values, q)
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return np.interp(q, (cum - weights[order] / 2) / cum[-1], values[order])
+
+
+def weighted_lower_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The smallest of ``values`` with at least half the weight at or below
+    it (with equal weights, the lower median): always an observed value."""
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return values[order][np.searchsorted(cum, cum[-1] / 2)]
+
+
+def effective_rows(n: int, weights: np.ndarray | None) -> float:
+    """Kish's effective sample size of ``n`` weighted rows (``n`` unweighted):
+    how many equally weighted rows carry as much information."""
+    return float(n) if weights is None else float(weights.sum() ** 2 / np.square(weights).sum())
+
+
 def standardization(
-    X: np.ndarray, noise_var: np.ndarray, whiten: bool
+    X: np.ndarray, noise_var: np.ndarray, whiten: bool, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Location and lower-triangular scale ``L`` of the dequantized data
     (``noise_var``: the variance the dequantization noise adds to each
-    feature; uniform noise of half-width h adds h^2 / 3).
+    feature; uniform noise of half-width h adds h^2 / 3), each row counting
+    with its ``weights`` (by default equally).
 
     Without ``whiten``, ``L`` is diagonal (per-feature standard deviations).
     With it, ``L L^T`` is a Ledoit-Wolf-shrunk covariance: the flow then starts
     as the best single Gaussian and its layers only have to learn what is not
     Gaussian, which matters most on small tables.
     """
-    loc = X.mean(axis=0)
-    var = X.var(axis=0) + noise_var
+    if weights is None:
+        loc, var = X.mean(axis=0), X.var(axis=0) + noise_var
+    else:
+        w = weights / weights.sum()
+        loc = w @ X
+        var = w @ np.square(X - loc) + noise_var
     # A constant continuous column (only with dequantize=False) has no spread.
     std = np.sqrt(np.where(var > 0, var, 1.0))
     if not whiten or X.shape[1] == 1 or X.shape[0] < 2:  # no covariance to estimate
         return loc, np.diag(std)
     Z = (X - loc) / std
+    # Rows scaled by the square root of their weight have the weighted
+    # covariance as their plain one (the shrinkage is estimated on them).
+    if weights is not None:
+        Z = Z * np.sqrt(w * len(X))[:, None]
     alpha = ledoit_wolf_shrinkage(Z, assume_centered=True)
     corr = Z.T @ Z / len(Z) + np.diag(noise_var / std**2)
     corr = (1 - alpha) * corr + alpha * np.eye(len(corr)) * np.trace(corr) / len(corr)
@@ -195,19 +229,29 @@ MIN_QUANTILE_ROWS = 20
 _LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
 
 
-def _quantile_knots(col: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _mean_std(col: np.ndarray, w: np.ndarray | None) -> tuple[float, float]:
+    if w is None:
+        return col.mean(), col.std()
+    mean = np.average(col, weights=w)
+    return mean, np.sqrt(np.average(np.square(col - mean), weights=w))
+
+
+def _quantile_knots(
+    col: np.ndarray, n: float, w: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Knots of the map of one feature (``col``: its pooled values from ``n``
-    rows) from smoothed quantiles to normal quantiles: ``x`` knots, their
-    normal quantiles, and their plain standardization (the two ``z`` knot
-    sets that :func:`_quantile_map` blends)."""
+    rows, or effective rows under weights ``w``) from smoothed quantiles to
+    normal quantiles: ``x`` knots, their normal quantiles, and their plain
+    standardization (the two ``z`` knot sets that :func:`_quantile_map`
+    blends)."""
     n_bins = int(np.clip(round(2 * n ** (1 / 3)), 4, N_KNOTS - 3))
     p_lo, p_hi = 0.5 / n, 1 - 0.5 / n
     p_coarse = np.linspace(p_lo, p_hi, n_bins + 1)
     p_fine = np.linspace(p_lo, p_hi, N_KNOTS - 2)
     z_fine = ndtri(p_fine)
-    spread = col.std()
+    mean, spread = _mean_std(col, w)
     spread = spread if spread > 0 else 1.0
-    x_coarse = np.quantile(col, p_coarse)
+    x_coarse = weighted_quantile(col, p_coarse, w)
     # Ties (a point mass off any lattice) would give an infinite slope:
     # keep knots at least 1e-3 standard deviations apart.
     step = 1e-3 * spread * np.arange(n_bins + 1)
@@ -221,13 +265,15 @@ def _quantile_knots(col: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np
     reach = spread
     x_knots = np.concatenate([[x_fine[0] - reach], x_fine, [x_fine[-1] + reach]])
     z_knots = np.concatenate([[z_fine[0] - reach * lo], z_fine, [z_fine[-1] + reach * hi]])
-    return x_knots, z_knots, (x_knots - col.mean()) / spread
+    return x_knots, z_knots, (x_knots - mean) / spread
 
 
-def _quantile_map(col: np.ndarray, n: int, shrink: float) -> tuple[np.ndarray, np.ndarray]:
+def _quantile_map(
+    col: np.ndarray, n: float, shrink: float, w: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Knots of the quantile map of one feature blended with plain
     standardization with weight ``shrink`` (1 = standardization only)."""
-    x_knots, z_knots, linear = _quantile_knots(col, n)
+    x_knots, z_knots, linear = _quantile_knots(col, n, w)
     return x_knots, (1 - shrink) * z_knots + shrink * linear
 
 
@@ -252,7 +298,7 @@ def _log_marginal(
 
 
 def gaussianizing_knots(
-    X: np.ndarray, half: np.ndarray, seed: int = 0
+    X: np.ndarray, half: np.ndarray, seed: int = 0, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Knots ``(x, z)`` of shape ``(n_features, N_KNOTS)`` of a monotone
     piecewise-linear map of each feature towards a standard normal.
@@ -265,11 +311,14 @@ def gaussianizing_knots(
     shape while a skewed, multimodal or spiky one is Gaussianized. Beyond the
     data the map continues linearly for one standard deviation, then
     logarithmically, so far-out inputs map somewhere moderate. ``half``
-    holds the half-width of each entry's dequantization noise.
+    holds the half-width of each entry's dequantization noise. Rows count
+    with their ``weights`` (by default equally), and ``n`` is then their
+    effective number (:func:`effective_rows`).
     """
-    n, n_features = X.shape
+    n_rows, n_features = X.shape
+    n = effective_rows(n_rows, weights)
     rng = np.random.RandomState(seed)
-    draws = max(1, min(8, _MAX_POOLED // max(n, 1)))
+    draws = max(1, min(8, _MAX_POOLED // max(n_rows, 1)))
     noise = (rng.uniform(size=(draws, *X.shape)) - 0.5) * 2 * half
     # A feature without noise has nothing to pool: one copy, whose
     # quantiles and held-out means equal those of the identical copies.
@@ -277,31 +326,41 @@ def gaussianizing_knots(
         X[None, :, j] + noise[:, :, j] if half[:, j].any() else X[None, :, j]
         for j in range(n_features)
     ]
+
+    def weights_of(values: np.ndarray, rows: np.ndarray | slice = slice(None)):
+        """The weights of pooled ``values`` (copies of ``rows``), flattened."""
+        return None if weights is None else np.broadcast_to(weights[rows], values.shape).ravel()
+
     if n < MIN_QUANTILE_ROWS:
         # Too few rows to see a shape (and to place quantile knots): standardize.
-        mean = np.array([p.mean() for p in pooled])
-        spread = np.array([p.std() for p in pooled])
+        mean, spread = np.array([_mean_std(p.ravel(), weights_of(p)) for p in pooled]).T
         spread = np.where(spread > 0, spread, 1.0)
         z_knots = np.broadcast_to(np.linspace(-10.0, 10.0, N_KNOTS), (n_features, N_KNOTS))
         return mean[:, None] + spread[:, None] * z_knots, z_knots.copy()
-    folds = rng.permutation(n) % 2
+    folds = rng.permutation(n_rows) % 2
     candidates = [SHRINK_ROWS / (SHRINK_ROWS + n / 2), 0.5, 1.0]
     x_knots = np.empty((n_features, N_KNOTS))
     z_knots = np.empty((n_features, N_KNOTS))
     for j in range(n_features):
         halves = [pooled[j][:, folds == k] for k in (0, 1)]
+        half_w = [weights_of(h, folds == k) for k, h in enumerate(halves)]
         scores = [0.0] * len(candidates)
         if min(h.shape[1] for h in halves) >= 2:
             for k in (0, 1):
                 # The candidates share the x knots (and so the quantiles and
                 # the segment of each held-out value); only the z knots differ.
-                x_k, z_k, linear = _quantile_knots(halves[k].ravel(), halves[k].shape[1])
+                n_k = effective_rows(
+                    halves[k].shape[1], None if weights is None else weights[folds == k]
+                )
+                x_k, z_k, linear = _quantile_knots(halves[k].ravel(), n_k, half_w[k])
                 held = halves[1 - k].ravel()
                 idx = _segments(held, x_k)
                 for c, shrink in enumerate(candidates):
                     z_c = (1 - shrink) * z_k + shrink * linear
-                    scores[c] += _log_marginal(held, x_k, z_c, idx).mean()
+                    scores[c] += np.average(
+                        _log_marginal(held, x_k, z_c, idx), weights=half_w[1 - k]
+                    )
         best = int(np.argmax(scores))
         shrink = SHRINK_ROWS / (SHRINK_ROWS + n) if best == 0 else candidates[best]
-        x_knots[j], z_knots[j] = _quantile_map(pooled[j].ravel(), n, shrink)
+        x_knots[j], z_knots[j] = _quantile_map(pooled[j].ravel(), n, shrink, weights_of(pooled[j]))
     return x_knots, z_knots

@@ -200,3 +200,51 @@ def test_python_dash_m_error_has_no_traceback(tmp_path):
     )
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert failed.stderr.strip() == f"python -m skflow: error: {tmp_path / 'no.csv'}: no such file."
+
+
+def test_fit_weight_column(files, tmp_path, capsys):
+    """--weight-column: the rows' weights, by name or 1-based position, not a feature."""
+    train = pd.read_csv(files / "train.csv")
+    weights = np.where(train["width"] > 0.5, 4.0, 1.0)
+    train.assign(w=weights).to_csv(tmp_path / "weighted.csv", index=False)
+    train.assign(w=weights).to_csv(tmp_path / "weighted_nh.csv", index=False, header=False)
+    named, by_position = tmp_path / "a.skflow", tmp_path / "b.skflow"
+    common = ["--weight-column"]
+    assert (
+        main(["fit", str(tmp_path / "weighted.csv"), "--out", str(named), *common, "w", *FAST]) == 0
+    )
+    assert "250 rows x 2 columns" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "weighted_nh.csv"),
+                "--out",
+                str(by_position),
+                *common,
+                "3",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    est = FlowDensity.load(named)
+    assert list(est.feature_names_in_) == ["width", "height"]
+    direct = FlowDensity(n_layers=2, hidden_units=16, max_iter=5, random_state=0)
+    direct.fit(train, sample_weight=weights)
+    np.testing.assert_array_equal(est.score_samples(train), direct.score_samples(train))
+    np.testing.assert_array_equal(
+        FlowDensity.load(by_position).score_samples(train.to_numpy()),
+        direct.score_samples(train),
+    )
+    capsys.readouterr()
+    for path, column, message in [
+        ("weighted.csv", "weight", "has no column 'weight'"),
+        ("weighted_nh.csv", "w", "give the column's position, 1 to 3"),
+        ("weighted_nh.csv", "4", "1 to 3"),
+    ]:
+        assert main(["fit", str(tmp_path / path), "--out", str(named), *common, column]) == 2
+        assert message in capsys.readouterr().err
+    train.assign(w=-weights).to_csv(tmp_path / "negative.csv", index=False)
+    assert main(["fit", str(tmp_path / "negative.csv"), "--out", str(named), *common, "w"]) == 2
+    assert "Negative values in data passed to `sample_weight`" in capsys.readouterr().err

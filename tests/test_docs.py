@@ -29,6 +29,10 @@ def _public_callables():
         yield name, obj
         if inspect.isclass(obj):
             for attr in vars(obj):
+                # set_fit_request / set_score_request: scikit-learn generates
+                # them (metadata routing of sample_weight), docstrings included.
+                if attr.startswith("set_") and attr.endswith("_request"):
+                    continue
                 if not attr.startswith("_") and callable(getattr(obj, attr)):
                     yield f"{name}.{attr}", getattr(obj, attr)
 

@@ -375,7 +375,7 @@ def test_model_fitted_before_centring_scores_as_it_did(tmp_path, monkeypatch):
     from skflow import _estimator
 
     data = X + [0.0, 0.0, 50.0]
-    monkeypatch.setattr(_estimator, "_center", lambda X: np.zeros(X.shape[1]))
+    monkeypatch.setattr(_estimator, "_center", lambda X, weights: np.zeros(X.shape[1]))
     est = FlowDensity(**FAST).fit(data)  # as fitted before the centring
     monkeypatch.undo()
     scores, samples = est.score_samples(data), est.sample(20, random_state=0)

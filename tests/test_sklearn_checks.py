@@ -27,9 +27,18 @@ ESTIMATORS = [
     )
     for kind in sorted(KINDS)
 ]
+# Training draws its validation split and minibatches over rows, so an
+# integer weight is close to, but not bit for bit, a repeated row
+# (tests/test_sample_weight.py checks how close); weights of zero are exactly
+# removed rows.
+EXPECTED_FAILURES = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "stochastic training: integer weights approximate repeated rows"
+    )
+}
 
 
-@parametrize_with_checks(ESTIMATORS)
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=lambda est: EXPECTED_FAILURES)
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         # Three epochs never converge; that warning is expected here.

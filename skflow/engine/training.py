@@ -60,18 +60,22 @@ def eval_chunk(device: torch.device) -> int:
 
 
 @torch.no_grad()
-def validation_score(flow: Flow, X: Tensor, chunk: int | None = None) -> float:
+def validation_score(
+    flow: Flow, X: Tensor, chunk: int | None = None, weights: Tensor | None = None
+) -> float:
     """Minus the mean :meth:`Flow.training_loss` of ``X`` in eval mode, in
     chunks: the mean log-likelihood, or for a layer with its own objective
-    (flow matching) minus that loss, which is cheaper than a likelihood."""
+    (flow matching) minus that loss, which is cheaper than a likelihood.
+    With ``weights``, the weighted mean."""
     was_training = flow.training
     flow.eval()
     total = X.new_zeros(())
     chunk = chunk or eval_chunk(X.device)
     for start in range(0, X.shape[0], chunk):
-        total -= flow.training_loss(X[start : start + chunk]).sum()
+        loss = flow.training_loss(X[start : start + chunk])
+        total -= loss.sum() if weights is None else (loss * weights[start : start + chunk]).sum()
     flow.train(was_training)
-    return float(total) / X.shape[0]
+    return float(total) / (X.shape[0] if weights is None else float(weights.sum()))
 
 
 @torch.no_grad()
@@ -330,6 +334,7 @@ def train_flow(
     on_epoch: Callable[[int, float, float | None], None] | None = None,
     compile: bool = False,
     noise: tuple[Tensor, Tensor | None] | None = None,
+    weights: tuple[Tensor, Tensor | None] | None = None,
 ) -> TrainingResult:
     """Fit ``flow`` to ``X_train`` by maximum likelihood, in place.
 
@@ -347,6 +352,14 @@ def train_flow(
     ``X_train`` and ``X_val``), or else half the flow's per-feature
     ``dequantization`` widths; the validation rows get one fixed draw, so
     epochs compare.
+
+    ``weights`` (non-negative, per row of ``X_train`` and ``X_val``) fit the
+    weighted distribution: each epoch's minibatches are ``n`` rows drawn with
+    replacement with probabilities proportional to the weights, and the
+    validation score is a weighted mean. Resampling rather than weighting
+    each row's loss keeps the objective of layers that pair rows within a
+    minibatch (flow matching's optimal-transport pairing between noise and
+    data) right.
     """
     result = TrainingResult()
     params = [p for p in flow.parameters() if p.requires_grad]
@@ -377,7 +390,21 @@ def train_flow(
     noisy = bool((half > 0).any())
     if noisy and X_val is not None:
         X_val = _dequantized(X_val, half_val)
+    w_train, w_val = weights if weights is not None else (None, None)
+    if (w_train is not None and w_train.shape != X_train.shape[:1]) or (
+        w_val is not None and (X_val is None or w_val.shape != X_val.shape[:1])
+    ):
+        raise ValueError(
+            "weights must hold one weight per row of X_train and X_val: got "
+            f"{tuple(w_train.shape) if w_train is not None else None} and "
+            f"{tuple(w_val.shape) if w_val is not None else None}."
+        )
     batch_inputs, batch_loss = _split_loss(flow, X_train, half, noisy)
+    # Rows are drawn by inverse CDF on the CPU, like the permutations (no
+    # limit on the number of rows, unlike torch.multinomial).
+    draw_cdf = None if w_train is None else torch.cumsum(w_train.detach().cpu().double(), 0)
+    if draw_cdf is not None:
+        draw_cdf /= draw_cdf[-1].clone()
     ema = _ExponentialAverage(params, flow.ema_decay) if flow.ema_decay else None
     _initialize_actnorm(flow, _dequantized(X_train, half) if noisy else X_train, generator)
     blocking = sorted(
@@ -390,7 +417,9 @@ def train_flow(
         first = batch_inputs(torch.arange(batch_size, device=X_train.device))
         batch_loss = _compile_soft(batch_loss, first, params, result)
     try:
-        best_score = validation_score(flow, X_val) if X_val is not None else -math.inf
+        best_score = (
+            validation_score(flow, X_val, weights=w_val) if X_val is not None else -math.inf
+        )
     except SolverUnderflow:
         best_score = -math.inf
     if not math.isfinite(best_score) and X_val is not None:
@@ -399,7 +428,12 @@ def train_flow(
     stall = 0
     flow.train()
     for epoch in range(1, max_iter + 1):
-        perm = torch.randperm(n, generator=generator).to(X_train.device)
+        if draw_cdf is None:
+            perm = torch.randperm(n, generator=generator)
+        else:
+            u = torch.rand(n, generator=generator, dtype=draw_cdf.dtype)
+            perm = torch.searchsorted(draw_cdf, u).clamp_(max=n - 1)
+        perm = perm.to(X_train.device)
         epoch_loss = X_train.new_zeros(())
         out_of_time = False
         for b in range(n_batches):
@@ -433,7 +467,7 @@ def train_flow(
         if ema is not None:
             ema.swap()  # validate (and keep as best) the averaged weights
         try:
-            val_score = validation_score(flow, X_val) if X_val is not None else None
+            val_score = validation_score(flow, X_val, weights=w_val) if X_val is not None else None
         except SolverUnderflow:
             val_score = math.nan
 
