@@ -13,11 +13,17 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_feature_names_in,
+    _check_sample_weight,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
 
 from skflow import _persistence
 from skflow._preprocessing import (
@@ -171,7 +177,7 @@ def _numpy_dtypes(X) -> list[str | None] | None:
     ]
 
 
-class FlowDensity(OutlierMixin, BaseEstimator):
+class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     """Normalizing-flow density estimator and outlier detector.
 
     A flow maps data through a stack of invertible layers to a standard
@@ -1088,6 +1094,137 @@ class FlowDensity(OutlierMixin, BaseEstimator):
         0.1
         """
         return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    def _through_flow(self, rows: np.ndarray, inverse: bool, what: str) -> np.ndarray:
+        """Rows (centred data, or latent) mapped through the flow's
+        transform or its inverse, in chunks; a ValueError, not NaN, where
+        the map cannot be computed."""
+        if getattr(self.flow_.transform.transforms[-1], "augment_dims", 0):
+            raise ValueError(
+                f"{what} needs a one-to-one map between data and latent, but this cnf "
+                "appends augment_dims noise dimensions to the data (its latent has more "
+                "coordinates than X). Fit with kind_options={'augment_dims': 0} to use it."
+            )
+        transform = self.flow_.transform
+        mapped = np.empty_like(rows)
+        with torch.inference_mode():
+            step = eval_chunk(self.device_)
+            for start in range(0, rows.shape[0], step):
+                with np.errstate(over="ignore"):  # (checked below)
+                    chunk = torch.tensor(rows[start : start + step], dtype=self._flow_dtype())
+                out = (transform.inverse if inverse else transform)(chunk.to(self.device_))[0]
+                mapped[start : start + step] = out.cpu().double().numpy()
+        bad = ~np.isfinite(mapped).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{what}: {int(bad.sum())} row(s) (the first is row {int(bad.argmax())}) are "
+                f"too far out for the flow's {self.dtype} arithmetic and map to non-finite "
+                "values. Remove them, or refit with dtype='float64'."
+            )
+        return mapped
+
+    def transform(self, X):
+        """Map rows to the flow's latent space, where the fitted model is a
+        standard normal distribution.
+
+        The latent ``z = T(x)`` is the flow's bijection (fixed layers
+        included), so ``score_samples(X)`` equals the standard normal
+        log-density of ``transform(X)`` plus ``log |det dT/dx|``, and
+        :meth:`inverse_transform` maps back. Use it as a learned
+        multivariate Gaussianization, e.g. as a step of a ``Pipeline``.
+        Dequantized (discrete) features are mapped at their values, the
+        centres of their cells, which the model treats as continuous.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows in the units of the training data.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features)
+            Latent coordinates; under the fitted model, independent standard
+            normals.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_wine
+        >>> from skflow import FlowDensity
+        >>> X = load_wine().data
+        >>> est = FlowDensity(random_state=0).fit(X)
+        >>> Z = est.transform(X)
+        >>> Z.shape, bool(abs(Z.mean()) < 0.2 and abs(Z.std() - 1) < 0.2)
+        ((178, 13), True)
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        with np.errstate(over="ignore"):  # (inf is reported by _through_flow)
+            centred = X - self.center_
+        return self._through_flow(centred, inverse=False, what="transform")
+
+    def inverse_transform(self, Z):
+        """Map latent coordinates back to the units of the data.
+
+        The inverse of :meth:`transform`, up to the flow's numerical
+        round-trip error (``reconstruction_error_``). Standard normal ``Z``
+        give samples of the model; unlike :meth:`sample`, discrete features
+        are not rounded onto their values.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_features)
+            Latent coordinates.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+            Rows in the units of the training data.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn.datasets import load_wine
+        >>> from skflow import FlowDensity
+        >>> X = load_wine().data
+        >>> est = FlowDensity(max_iter=5, random_state=0).fit(X)
+        >>> bool(np.allclose(est.inverse_transform(est.transform(X)), X, rtol=1e-3))
+        True
+        """
+        check_is_fitted(self)
+        Z = check_array(Z, dtype=np.float64, input_name="Z")
+        if Z.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"Z has {Z.shape[1]} columns, but the latent space of this FlowDensity has "
+                f"{self.n_features_in_} (one per feature)."
+            )
+        return self._through_flow(Z, inverse=True, what="inverse_transform") + self.center_
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the latent coordinates that :meth:`transform` returns.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Checked against ``feature_names_in_`` when given; the names out
+            do not depend on it.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            ``z0``, ``z1``, ...: latent coordinate ``i`` mixes all features,
+            so it is not named after feature ``i``.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_iris
+        >>> from skflow import FlowDensity
+        >>> est = FlowDensity(max_iter=5, random_state=0).fit(load_iris().data)
+        >>> est.get_feature_names_out().tolist()
+        ['z0', 'z1', 'z2', 'z3']
+        """
+        check_is_fitted(self)
+        _check_feature_names_in(self, input_features)
+        return np.asarray([f"z{i}" for i in range(self.n_features_in_)], dtype=object)
 
     def _snap_to_lattice(self, samples: np.ndarray) -> np.ndarray:
         """Round dequantized features back onto their values."""

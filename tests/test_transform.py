@@ -1,0 +1,95 @@
+"""``transform`` / ``inverse_transform``: the flow as a learned Gaussianization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.datasets import load_breast_cancer, load_wine
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score, train_test_split
+from sklearn.pipeline import make_pipeline
+
+from skflow import FlowDensity
+from skflow.engine import KINDS
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    X, y = load_breast_cancer(return_X_y=True)
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+
+
+def test_latent_is_standard_normal(cancer):
+    """On a skewed, correlated real table the training rows' latent is close
+    to independent standard normals, and new rows' nearly so (a 30-column
+    fit on 398 rows is a little overconfident: their latent is broader)."""
+    X_train, X_test, _, _ = cancer
+    est = FlowDensity(random_state=0).fit(X_train)
+
+    def off_diagonal(A):
+        return np.abs(np.corrcoef(A.T)[np.triu_indices(A.shape[1], 1)]).mean()
+
+    Z = est.transform(X_train)
+    assert Z.shape == X_train.shape and Z.dtype == np.float64
+    assert np.abs(Z.mean(axis=0)).max() < 0.15
+    assert np.all((Z.std(axis=0) > 0.9) & (Z.std(axis=0) < 1.1))
+    assert off_diagonal(Z) < 0.08 and np.median(np.abs(stats.skew(Z))) < 0.4
+    Z = est.transform(X_test)
+    assert np.abs(Z.mean(axis=0)).max() < 0.3 and np.median(Z.std(axis=0)) < 1.25
+    assert off_diagonal(Z) < 0.15 < 0.3 < off_diagonal(X_test)
+    assert np.median(np.abs(stats.skew(Z))) < 0.6 < 1.2 < np.median(np.abs(stats.skew(X_test)))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_round_trip_and_density(kind):
+    X = load_wine().data
+    est = FlowDensity(kind, n_layers=2, hidden_units=16, max_iter=10, random_state=0).fit(X)
+    # Round trips within 1e-3 standard deviations of each column (cnf: the
+    # ODE solver's tolerance), both ways.
+    error = np.abs(est.inverse_transform(est.transform(X)) - X) / X.std(axis=0)
+    assert error.max() < 1e-3
+    z = np.random.RandomState(0).normal(size=(50, X.shape[1]))
+    assert np.abs(est.transform(est.inverse_transform(z)) - z).max() < 1e-3
+
+
+def test_fit_transform_and_feature_names():
+    X = load_wine(as_frame=True).data
+    est = FlowDensity(n_layers=2, hidden_units=16, max_iter=5, random_state=0)
+    Z = est.fit_transform(X)
+    np.testing.assert_array_equal(Z, est.transform(X))
+    assert est.get_feature_names_out().tolist() == [f"z{i}" for i in range(13)]
+    frame = est.set_output(transform="pandas").transform(X)
+    assert frame.columns.tolist() == [f"z{i}" for i in range(13)]
+    with pytest.raises(ValueError, match="input_features"):
+        est.get_feature_names_out(["a"] * 13)
+
+
+def test_gaussianizing_step_in_a_pipeline(cancer):
+    X_train, _, y_train, _ = cancer
+    pipe = make_pipeline(
+        FlowDensity(n_layers=2, hidden_units=16, max_iter=20, random_state=0),
+        LogisticRegression(max_iter=1000),
+    )
+    assert cross_val_score(pipe, X_train, y_train, cv=3).mean() > 0.9
+
+
+def test_transform_errors():
+    X = load_wine().data
+    est = FlowDensity(n_layers=2, hidden_units=16, max_iter=5, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="Z has 3 columns, but the latent space"):
+        est.inverse_transform(np.zeros((2, 3)))
+    # The heavy-tailed latent's inverse saturates rather than overflowing.
+    assert np.isfinite(est.inverse_transform(np.full((2, 13), 1e39))).all()
+    with pytest.raises(ValueError, match="too far out"):
+        est.transform(np.r_[X[:2], np.full((1, 13), 1e300)])
+    with pytest.raises(ValueError, match="NaN"):
+        est.inverse_transform(np.full((2, 13), np.nan))
+    aug = FlowDensity(
+        "cnf", n_layers=1, hidden_units=8, max_iter=2, kind_options={"augment_dims": 2}
+    ).fit(X[:, :3])
+    for method in (aug.transform, aug.inverse_transform):
+        with pytest.raises(ValueError, match="augment_dims"):
+            method(X[:2, :3])
