@@ -188,6 +188,11 @@ def _check_writable(out: Path) -> None:
 def _split_weights(X, column: str, path: str):
     """``X`` without its weight column (a header name, or a 1-based
     position in a file without header) and that column's values."""
+    if X.shape[1] < 2:
+        raise CLIError(
+            f"--weight-column {column}: {path} has one column, so no feature is left besides "
+            "the weights."
+        )
     if hasattr(X, "columns"):
         if column not in X.columns:
             raise CLIError(
@@ -195,13 +200,13 @@ def _split_weights(X, column: str, path: str):
                 f"(its columns: {', '.join(map(repr, X.columns))})."
             )
         return X.drop(columns=column), X[column].to_numpy()
-    if not column.isdigit() or not 1 <= int(column) <= X.shape[1]:
+    position = int(column) if column.isascii() and column.isdecimal() else 0
+    if not 1 <= position <= X.shape[1]:
         raise CLIError(
             f"--weight-column {column}: {path} has no header, so give the column's position, "
             f"1 to {X.shape[1]}."
         )
-    j = int(column) - 1
-    return np.delete(X, j, axis=1), X[:, j]
+    return np.delete(X, position - 1, axis=1), X[:, position - 1]
 
 
 def _fit(args: argparse.Namespace) -> None:
@@ -225,6 +230,8 @@ def _fit(args: argparse.Namespace) -> None:
     out = Path(args.out)
     est.save(out)
     rows, cols = X.shape
+    if weights is not None:
+        rows = int((weights > 0).sum())  # (rows of weight 0 are left out)
     summary = f"fitted kind={args.kind!r} on {rows} rows x {cols} columns in {est.n_iter_} epochs"
     summary += f" ({seconds:.1f} s)"
     if est.best_validation_score_ is not None:
@@ -243,6 +250,8 @@ def _score(args: argparse.Namespace) -> None:
 
     est = _load(args.model)
     X = read_table(args.data, args.header)
+    if args.weight_column is not None:
+        X = _split_weights(X, args.weight_column, args.data)[0]
     log_density = est.score_samples(X)
     outlier = (log_density < est.offset_).astype(int)
     _write_table(pd.DataFrame({"log_density": log_density, "outlier": outlier}), args.out)
@@ -348,6 +357,12 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
     score.add_argument("model", help="model file written by 'fit'")
     score.add_argument("data", help="CSV file of rows to score, with the training columns")
     score.add_argument("--out", help="CSV file to write (default: standard output)")
+    score.add_argument(
+        "--weight-column",
+        metavar="COLUMN",
+        help="a column to leave out (e.g. the weights of a file used with fit "
+        "--weight-column): a name, or a 1-based position in a file without header",
+    )
     add_header_flags(score)
     score.set_defaults(run=_score)
 

@@ -29,6 +29,7 @@ from skflow import _persistence
 from skflow._preprocessing import (
     N_KNOTS,
     dequantization_widths,
+    effective_rows,
     gaussianizing_knots,
     half_widths,
     noise_cells,
@@ -128,19 +129,19 @@ def _center(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
 
 def _weighted_rows(X: np.ndarray, sample_weight) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows of ``X`` with a positive ``sample_weight`` and their weights
-    scaled to mean 1, or None when all are equal (the unweighted fit)."""
+    divided by the largest, or None when all are equal (the unweighted fit).
+    A weight too small to be told from 0 next to the largest counts as 0."""
     weights = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+    weights = weights / weights.max()  # (all zero is refused above)
     keep = weights > 0
     if keep.sum() < 2:
         raise ValueError(
-            f"sample_weight gives a non-zero weight to {keep.sum()} row(s); a density needs "
-            "at least 2 rows of positive weight."
+            f"sample_weight gives a non-zero weight to {keep.sum()} row(s) (weights below "
+            "1e-308 of the largest count as 0); a density needs at least 2 rows of positive "
+            "weight."
         )
     X, weights = X[keep], weights[keep]
-    if np.all(weights == weights[0]):
-        return X, None
-    weights = weights / weights.max()  # (so that the mean cannot overflow)
-    return X, weights / weights.mean()
+    return X, None if np.all(weights == weights[0]) else weights
 
 
 def _usable_device(wanted: str | torch.device) -> torch.device:
@@ -647,7 +648,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weight of each row (survey weights, counts of
             aggregated rows, importance weights); ``None`` weighs all rows
-            equally. Training maximizes the weighted mean log-likelihood, so
+            equally. Training maximizes the weighted mean log-likelihood
+            (each epoch resamples the rows in proportion to the weights), so
             the flow models the weighted distribution, and early stopping,
             the fixed preprocessing (centre, quantile map, whitening) and
             ``offset_`` (``contamination`` is a share of the total weight)
@@ -707,7 +709,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         else:
             val_idx, train_idx = None, order
         X_train = X[train_idx]
-        w_train = None if weights is None else weights[train_idx]
+        # Each part scaled by its own largest weight: sums of tiny weights
+        # neither underflow nor lose precision.
+        w_train = None if weights is None else weights[train_idx] / weights[train_idx].max()
         w_val = None if weights is None or val_idx is None else weights[val_idx]
 
         with torch.random.fork_rng(devices=[]):
@@ -722,12 +726,16 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                     f"{exc}"
                 ) from None
         n_train = len(train_idx)
-        if n_train <= X.shape[1]:
+        n_effective = effective_rows(n_train, w_train)
+        if n_effective <= X.shape[1]:
             # n points span at most n - 1 dimensions: a density in all of
-            # them can only pile up near that subspace.
+            # them can only pile up near that subspace. Weights concentrated
+            # on a few rows do the same.
+            rows = f"{n_train} row{'s' * (n_train != 1)}"
+            if w_train is not None:
+                rows += f" (as many as {n_effective:.1f} equally weighted ones)"
             warnings.warn(
-                f"FlowDensity trains on {n_train} row{'s' * (n_train != 1)} (after the "
-                "validation split) "
+                f"FlowDensity trains on {rows} (after the validation split) "
                 f"in {X.shape[1]} dimensions: with no more rows than features the density "
                 "collapses towards the rows' subspace, so training rows score far above new "
                 "ones. Use more rows, fewer features (e.g. PCA in a Pipeline), or a smaller "
@@ -794,7 +802,11 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 weights=(
                     None
                     if weights is None
-                    else (as_tensor(w_train), None if w_val is None else as_tensor(w_val))
+                    # (float64 on the CPU: train_flow draws rows there)
+                    else (
+                        torch.as_tensor(w_train),
+                        None if w_val is None else torch.as_tensor(w_val),
+                    )
                 ),
             )
         self._warn_training(result)
@@ -918,7 +930,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             X = X[val_idx]
             weights = None if weights is None else weights[val_idx]
         scores = self._log_density(X)
-        if weights is None:
+        if weights is None:  # (numpy's percentile, as before weights existed)
             return float(np.percentile(scores, 100.0 * tail))
         return float(weighted_quantile(scores, tail, weights))
 
@@ -1023,8 +1035,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative row weights: the weighted mean is returned (a row
             of weight 0 does not count, even at log-density ``-inf``).
-            Model selection (``GridSearchCV``, ``cross_val_score``) passes
-            each test fold's weights here when ``fit`` gets weights.
+            ``GridSearchCV`` passes each test fold's weights here when its
+            ``fit`` gets weights (``cross_val_score`` only with metadata
+            routing and ``set_score_request(sample_weight=True)``).
 
         Returns
         -------
@@ -1045,7 +1058,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             return float(np.mean(scores))
         weights = _check_sample_weight(sample_weight, scores, ensure_non_negative=True)
         counted = weights > 0
-        return float(np.average(scores[counted], weights=weights[counted]))
+        # Scaled by the largest: the weights' sum can neither overflow nor
+        # lose digits in subnormals.
+        return float(np.average(scores[counted], weights=weights[counted] / weights.max()))
 
     def decision_function(self, X):
         """Shifted log-density: negative for outliers, positive for inliers.

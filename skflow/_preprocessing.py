@@ -338,6 +338,10 @@ def gaussianizing_knots(
         z_knots = np.broadcast_to(np.linspace(-10.0, 10.0, N_KNOTS), (n_features, N_KNOTS))
         return mean[:, None] + spread[:, None] * z_knots, z_knots.copy()
     folds = rng.permutation(n_rows) % 2
+    n_fold = [
+        effective_rows(int((folds == k).sum()), None if weights is None else weights[folds == k])
+        for k in (0, 1)
+    ]
     candidates = [SHRINK_ROWS / (SHRINK_ROWS + n / 2), 0.5, 1.0]
     x_knots = np.empty((n_features, N_KNOTS))
     z_knots = np.empty((n_features, N_KNOTS))
@@ -349,10 +353,7 @@ def gaussianizing_knots(
             for k in (0, 1):
                 # The candidates share the x knots (and so the quantiles and
                 # the segment of each held-out value); only the z knots differ.
-                n_k = effective_rows(
-                    halves[k].shape[1], None if weights is None else weights[folds == k]
-                )
-                x_k, z_k, linear = _quantile_knots(halves[k].ravel(), n_k, half_w[k])
+                x_k, z_k, linear = _quantile_knots(halves[k].ravel(), n_fold[k], half_w[k])
                 held = halves[1 - k].ravel()
                 idx = _segments(held, x_k)
                 for c, shrink in enumerate(candidates):

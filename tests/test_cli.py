@@ -245,6 +245,27 @@ def test_fit_weight_column(files, tmp_path, capsys):
     ]:
         assert main(["fit", str(tmp_path / path), "--out", str(named), *common, column]) == 2
         assert message in capsys.readouterr().err
+    # score leaves the weight column out of the same file, by name or position.
+    out = tmp_path / "scores.csv"
+    assert (
+        main(["score", str(named), str(tmp_path / "weighted.csv"), "--out", str(out), *common, "w"])
+        == 0
+    )
+    np.testing.assert_allclose(pd.read_csv(out)["log_density"], direct.score_samples(train))
+    nh = str(tmp_path / "weighted_nh.csv")
+    assert main(["score", str(by_position), nh, "--out", str(out), *common, "3"]) == 0
+    capsys.readouterr()
+    pd.DataFrame({"w": weights}).to_csv(tmp_path / "only.csv", index=False)
+    for path, column, message in [
+        ("weighted_nh.csv", "\u00b2", "give the column's position"),  # a superscript digit
+        ("only.csv", "w", "no feature is left"),
+    ]:
+        assert main(["fit", str(tmp_path / path), "--out", str(named), *common, column]) == 2
+        assert message in capsys.readouterr().err
+    # Rows of weight 0 are left out, and the summary counts the others.
+    train.assign(w=np.r_[np.zeros(50), weights[50:]]).to_csv(tmp_path / "zeros.csv", index=False)
+    assert main(["fit", str(tmp_path / "zeros.csv"), "--out", str(named), *common, "w", *FAST]) == 0
+    assert "200 rows x 2 columns" in capsys.readouterr().err
     train.assign(w=-weights).to_csv(tmp_path / "negative.csv", index=False)
     assert main(["fit", str(tmp_path / "negative.csv"), "--out", str(named), *common, "w"]) == 2
     assert "Negative values in data passed to `sample_weight`" in capsys.readouterr().err

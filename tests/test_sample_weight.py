@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
@@ -173,3 +174,84 @@ def test_weighted_statistics_equal_those_of_repeated_rows():
     # Quantiles of a block of equal weights sit at its centre of mass.
     q = weighted_quantile(np.array([0.0, 1.0]), np.array([0.1, 0.25, 0.5, 0.75]), np.ones(2))
     np.testing.assert_allclose(q, [0.0, 0.0, 0.5, 1.0])
+
+
+def test_tiny_and_huge_weights():
+    """Weights far below or above 1 (importance weights exp(log-ratio)) fit:
+    sums neither underflow nor overflow, in float32 or float64."""
+    X = np.random.RandomState(0).normal(size=(50, 2))
+    for dtype, w in [
+        ("float32", np.r_[np.ones(2), np.full(48, 1e-50)]),
+        ("float64", np.r_[np.full(2, 1e300), np.full(48, 1e-300)]),
+        ("float32", np.r_[np.full(25, 1e-200), np.full(25, 3e-200)]),
+    ]:
+        est = FlowDensity(dtype=dtype, **FAST).fit(X, sample_weight=w)
+        assert np.isfinite(est.score_samples(X)).all() and np.isfinite(est.offset_)
+    # The two heavy rows in the validation split, the rest (1e-50 of them)
+    # in training: training resamples its own rows by their relative weights.
+    rng = np.random.RandomState(0)  # fit's draws for random_state=0: a seed, the split
+    rng.randint(np.iinfo(np.int32).max)
+    order = rng.permutation(50)
+    w = np.full(50, 1e-50)
+    w[order[:5]] = 1.0
+    est = FlowDensity(**FAST).fit(X, sample_weight=w)
+    assert np.isfinite(est.loss_curve_).all() and np.isfinite(est.validation_scores_).all()
+
+
+def test_weighted_draws_are_a_permutation_for_equal_weights():
+    """Systematic resampling: each row is drawn n w / sum(w) times, rounded."""
+    import torch
+
+    from skflow.engine.training import _WeightedDraws
+
+    gen = torch.Generator().manual_seed(0)
+    rows = _WeightedDraws(torch.full((101,), 0.3)).epoch(gen)
+    assert sorted(rows.tolist()) == list(range(101))
+    w = torch.tensor([6.0, 3.0, 1.0, 0.0] * 25)
+    counts = np.bincount(_WeightedDraws(w).epoch(gen).numpy(), minlength=100)
+    expected = 100 * w.numpy() / w.sum().item()
+    assert np.all(np.abs(counts - expected) < 1) and counts[3::4].sum() == 0
+    with pytest.raises(ValueError, match="non-negative"):
+        _WeightedDraws(torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="all be zero"):
+        _WeightedDraws(torch.zeros(3))
+
+
+def test_score_does_not_depend_on_the_weights_scale(clusters):
+    X, w = clusters
+    est = FlowDensity(**FAST).fit(X)
+    expected = est.score(X, sample_weight=w)
+    for scale in (1e305, 1e-320):
+        assert est.score(X, sample_weight=w * scale) == pytest.approx(expected, rel=1e-12)
+    tiny = np.full(len(X), 5e-324)
+    assert est.score(X, sample_weight=tiny) == pytest.approx(est.score(X), rel=1e-12)
+
+
+def test_few_effective_rows_warn():
+    """Weight concentrated on a few rows collapses the density as few rows
+    do: fit says so."""
+    X = np.random.RandomState(0).normal(size=(500, 3))
+    w = np.r_[np.ones(3), np.full(497, 1e-12)]
+    with pytest.warns(UserWarning, match=r"as many as \d+\.\d equally weighted ones"):
+        FlowDensity(**FAST).fit(X, sample_weight=w)
+
+
+def test_metadata_routing():
+    """With scikit-learn's metadata routing, request the weights for fit
+    and score; the search then weighs both."""
+    import sklearn
+
+    X = np.random.RandomState(0).normal(size=(200, 2))
+    w = np.r_[np.full(100, 3.0), np.ones(100)]
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = FlowDensity(**FAST).set_fit_request(sample_weight=True)
+        est.set_score_request(sample_weight=True)
+        search = GridSearchCV(est, {"n_layers": [1, 2]}, cv=2).fit(X, sample_weight=w)
+        scaler = StandardScaler().set_fit_request(sample_weight=False)
+        pipe = make_pipeline(scaler, clone(est)).fit(X, sample_weight=w)
+    assert search.best_estimator_.n_features_in_ == 2
+    scaled = StandardScaler().fit_transform(X)
+    np.testing.assert_array_equal(
+        pipe.score_samples(X),
+        FlowDensity(**FAST).fit(scaled, sample_weight=w).score_samples(scaled),
+    )

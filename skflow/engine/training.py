@@ -78,15 +78,51 @@ def validation_score(
     return float(total) / (X.shape[0] if weights is None else float(weights.sum()))
 
 
+def _scaled_weights(weights: Tensor) -> Tensor:
+    """``weights`` in float64 on the CPU, divided by the largest, so that
+    their sum can neither underflow nor overflow; checked."""
+    w = weights.detach().cpu().double()
+    if w.ndim != 1 or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("weights must be finite and non-negative, one per row.")
+    if not bool((w > 0).any()):
+        raise ValueError("weights must not all be zero.")
+    return w / w.max()
+
+
+class _WeightedDraws:
+    """An epoch's rows for weighted training: ``n`` draws by systematic
+    resampling (one uniform offset, ``n`` evenly spaced points on the
+    cumulative weights), in random order. A row of weight ``w`` is drawn
+    ``n w / sum(w)`` times rounded up or down, so equal weights give every
+    row once (a permutation, as unweighted training) and nearly equal ones
+    nearly that, with less noise than independent draws."""
+
+    def __init__(self, weights: Tensor) -> None:
+        cdf = torch.cumsum(_scaled_weights(weights), 0)
+        self.cdf = cdf / cdf[-1].clone()  # ends at exactly 1
+
+    def epoch(self, generator: torch.Generator | None) -> Tensor:
+        n = self.cdf.shape[0]
+        offset = torch.rand(1, generator=generator, dtype=torch.float64)
+        points = (torch.arange(n, dtype=torch.float64) + offset) / n  # all below 1
+        rows = torch.searchsorted(self.cdf, points)
+        return rows[torch.randperm(n, generator=generator)]
+
+
 @torch.no_grad()
-def _initialize_actnorm(flow: Flow, X: Tensor, generator: torch.Generator | None) -> None:
+def _initialize_actnorm(
+    flow: Flow, X: Tensor, generator: torch.Generator | None, draws: _WeightedDraws | None
+) -> None:
     """ActNorm initializes from the first batch it sees in training mode. One
     minibatch makes a noisy start (about ``D / rows`` nats per layer, which
     training must first undo), so hand it a random sample of up to
-    ``ACTNORM_INIT_ROWS`` rows instead."""
+    ``ACTNORM_INIT_ROWS`` rows instead (drawn by weight, if rows have one)."""
     if not any(isinstance(m, ActNorm) and not m.initialized for m in flow.modules()):
         return
-    rows = torch.randperm(X.shape[0], generator=generator)[:ACTNORM_INIT_ROWS]
+    if draws is None:
+        rows = torch.randperm(X.shape[0], generator=generator)[:ACTNORM_INIT_ROWS]
+    else:
+        rows = draws.epoch(generator)[:ACTNORM_INIT_ROWS]
     flow.train()
     flow.transform(X[rows.to(X.device)])
 
@@ -353,13 +389,13 @@ def train_flow(
     ``dequantization`` widths; the validation rows get one fixed draw, so
     epochs compare.
 
-    ``weights`` (non-negative, per row of ``X_train`` and ``X_val``) fit the
-    weighted distribution: each epoch's minibatches are ``n`` rows drawn with
-    replacement with probabilities proportional to the weights, and the
-    validation score is a weighted mean. Resampling rather than weighting
-    each row's loss keeps the objective of layers that pair rows within a
-    minibatch (flow matching's optimal-transport pairing between noise and
-    data) right.
+    ``weights`` (non-negative, per row of ``X_train`` and ``X_val``, not all
+    zero) fit the weighted distribution: each epoch's minibatches are ``n``
+    rows resampled in proportion to the weights (see :class:`_WeightedDraws`),
+    and the validation score is a weighted mean. Resampling rather than
+    weighting each row's loss keeps the objective of layers that pair rows
+    within a minibatch (flow matching's optimal-transport pairing between
+    noise and data) right.
     """
     result = TrainingResult()
     params = [p for p in flow.parameters() if p.requires_grad]
@@ -400,13 +436,13 @@ def train_flow(
             f"{tuple(w_val.shape) if w_val is not None else None}."
         )
     batch_inputs, batch_loss = _split_loss(flow, X_train, half, noisy)
-    # Rows are drawn by inverse CDF on the CPU, like the permutations (no
-    # limit on the number of rows, unlike torch.multinomial).
-    draw_cdf = None if w_train is None else torch.cumsum(w_train.detach().cpu().double(), 0)
-    if draw_cdf is not None:
-        draw_cdf /= draw_cdf[-1].clone()
+    draws = None if w_train is None else _WeightedDraws(w_train)
+    if w_val is not None:
+        # The largest is 1 in the loss's dtype: the weighted mean's
+        # denominator is at least 1 (tinier weights may round to 0).
+        w_val = _scaled_weights(w_val).to(device=X_val.device, dtype=X_val.dtype)
     ema = _ExponentialAverage(params, flow.ema_decay) if flow.ema_decay else None
-    _initialize_actnorm(flow, _dequantized(X_train, half) if noisy else X_train, generator)
+    _initialize_actnorm(flow, _dequantized(X_train, half) if noisy else X_train, generator, draws)
     blocking = sorted(
         {type(m).__name__ for m in flow.modules() if not getattr(m, "compilable", True)}
     )
@@ -428,11 +464,10 @@ def train_flow(
     stall = 0
     flow.train()
     for epoch in range(1, max_iter + 1):
-        if draw_cdf is None:
+        if draws is None:
             perm = torch.randperm(n, generator=generator)
         else:
-            u = torch.rand(n, generator=generator, dtype=draw_cdf.dtype)
-            perm = torch.searchsorted(draw_cdf, u).clamp_(max=n - 1)
+            perm = draws.epoch(generator)
         perm = perm.to(X_train.device)
         epoch_loss = X_train.new_zeros(())
         out_of_time = False
