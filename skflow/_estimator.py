@@ -127,6 +127,28 @@ def _center(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     return np.array([weighted_lower_median(col, weights) for col in X.T])
 
 
+# Parameters that shape the flow: a warm start cannot change them.
+_SHAPE_PARAMS = (
+    "kind",
+    "n_layers",
+    "hidden_units",
+    "dtype",
+    "dequantize",
+    "whiten",
+    "gaussianize",
+    "kind_options",
+)
+
+
+def _same_value(a, b) -> bool:
+    """Parameter equality that also compares arrays (``dequantize``)."""
+    if isinstance(a, str) or isinstance(b, str):
+        return type(a) is type(b) and a == b
+    if np.ndim(a) or np.ndim(b):
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    return bool(a == b)
+
+
 def _weighted_rows(X: np.ndarray, sample_weight) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows of ``X`` with a positive ``sample_weight`` and their weights
     divided by the largest, or None when all are equal (the unweighted fit).
@@ -321,6 +343,19 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialization, the validation split and minibatch
         order. An int makes ``fit`` reproducible.
+    warm_start : bool, default=False
+        With True, ``fit`` on a fitted estimator continues training its flow
+        (on the new ``X``, for up to ``max_iter`` more epochs, with a fresh
+        optimizer and validation split) instead of starting anew: to go on
+        after ``max_time`` or ``max_iter`` cut a fit short, or to fine-tune on
+        new rows. The fixed layers (centre, quantile map, whitening,
+        dequantization cells) stay those of the first fit, so the density
+        remains exact; ``offset_`` and ``reconstruction_error_`` are
+        recomputed on the new rows; ``loss_curve_`` and ``validation_scores_``
+        grow and ``n_iter_`` counts all epochs. Parameters that shape the
+        flow (``kind``, ``n_layers``, ``hidden_units``, ``dtype``,
+        ``dequantize``, ``whiten``, ``gaussianize``, ``kind_options``) and
+        the features must stay as fitted; the training parameters may change.
     verbose : int, default=0
         0 is silent. 1 shows a progress bar (in notebooks and terminals) with
         the epoch and the training and validation loss; 2 also writes one
@@ -445,6 +480,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         "kind_options": [None, dict],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "warm_start": ["boolean"],
     }
 
     def __init__(
@@ -472,6 +508,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         kind_options=None,
         random_state=None,
         verbose=0,
+        warm_start=False,
     ):
         self.kind = kind
         self.n_layers = n_layers
@@ -495,6 +532,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         self.kind_options = kind_options
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ fit
     def _hidden_units(self, n_train: int) -> tuple[int, ...]:
@@ -686,16 +724,37 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             self.__dict__.update(before)
             raise
 
+    def _check_warm_start(self) -> None:
+        """Refuse to continue a flow whose shape the parameters now change."""
+        fitted = getattr(self, "_fitted_params", {})
+        changed = [
+            name
+            for name in _SHAPE_PARAMS
+            if name in fitted and not _same_value(fitted[name], getattr(self, name))
+        ]
+        if changed:
+            was = ", ".join(f"{name}={fitted[name]!r}" for name in changed)
+            raise ValueError(
+                f"warm_start=True continues the fitted flow, but {', '.join(changed)} "
+                f"changed since it was fitted ({was}). Restore them, or set "
+                "warm_start=False to fit a new flow."
+            )
+
     def _fit(self, X, sample_weight):
         column_dtypes = _numpy_dtypes(X)
-        X = self._validate_X(X, ensure_min_samples=2)
+        warm = self.warm_start and hasattr(self, "flow_")
+        if warm:
+            self._check_warm_start()
+        # A warm start needs the fitted features (names and number).
+        X = self._validate_X(X, ensure_min_samples=2, reset=not warm)
         weights = None
         if sample_weight is not None:
             X, weights = _weighted_rows(X, sample_weight)
-        center = _center(X, weights)
+        center = self.center_ if warm else _center(X, weights)
         with np.errstate(over="ignore"):  # (overflow is what the check reports)
             self._check_representable(X - center)
-        hidden_units = self._hidden_units(len(X))  # fail fast, before any torch work
+        # (fails fast, before any torch work)
+        hidden_units = self.hidden_units_ if warm else self._hidden_units(len(X))
         dtype = _DTYPES[self.dtype]
         device = resolve_device(self.device, dtype)
         rng = check_random_state(self.random_state)
@@ -714,17 +773,21 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         w_train = None if weights is None else weights[train_idx] / weights[train_idx].max()
         w_val = None if weights is None or val_idx is None else weights[val_idx]
 
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only (flows are built on the CPU):
-            # torch.manual_seed would also reseed the user's GPU generators.
-            torch.random.default_generator.manual_seed(seed)
-            try:
-                flow = self._build_flow(X.shape[1], hidden_units)
-            except TypeError as exc:
-                raise TypeError(
-                    f"kind_options={self.kind_options!r} are not valid for kind={self.kind!r}: "
-                    f"{exc}"
-                ) from None
+        if warm:
+            # A copy: a failed fit must leave the fitted flow as it was.
+            flow = copy.deepcopy(self.flow_)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                # The CPU generator only (flows are built on the CPU):
+                # torch.manual_seed would also reseed the user's GPU generators.
+                torch.random.default_generator.manual_seed(seed)
+                try:
+                    flow = self._build_flow(X.shape[1], hidden_units)
+                except TypeError as exc:
+                    raise TypeError(
+                        f"kind_options={self.kind_options!r} are not valid for "
+                        f"kind={self.kind!r}: {exc}"
+                    ) from None
         n_train = len(train_idx)
         n_effective = effective_rows(n_train, w_train)
         if n_effective <= X.shape[1]:
@@ -746,7 +809,11 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         # Cast first: fitted buffers set in float32 and cast to float64 would
         # keep only float32 accuracy (the standardization would not invert).
         flow = flow.to(device=device, dtype=dtype)
-        widths, cells, half_train = self._fit_preprocessing(flow, X_train, center, w_train)
+        if warm:
+            widths, cells = self.dequantization_, self.dequantization_cells_
+            half_train = half_widths(X_train, cells)
+        else:
+            widths, cells, half_train = self._fit_preprocessing(flow, X_train, center, w_train)
 
         def as_tensor(a):
             return torch.tensor(a, dtype=dtype).to(device)
@@ -809,19 +876,35 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                     )
                 ),
             )
-        self._warn_training(result)
+        self._warn_training(result, warm)
 
+        lattice_range = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
+        if warm:
+            # Earlier epochs and the earlier training rows' range carry on.
+            previous = self.n_iter_
+            best_epoch = previous + result.best_epoch if result.best_epoch else self.best_epoch_
+            loss_curve = self.loss_curve_ + result.loss_curve
+            scores = (self.validation_scores_ or []) + result.validation_scores
+            lattice_range = np.stack(
+                [
+                    np.minimum(self.lattice_range_[0], lattice_range[0]),
+                    np.maximum(self.lattice_range_[1], lattice_range[1]),
+                ]
+            )
+        else:
+            previous, best_epoch = 0, result.best_epoch
+            loss_curve, scores = result.loss_curve, result.validation_scores
         self.flow_ = flow
         self.device_ = device
-        self.loss_curve_ = result.loss_curve
-        self.validation_scores_ = result.validation_scores if self.early_stopping else None
+        self.loss_curve_ = loss_curve
+        self.validation_scores_ = scores if self.early_stopping else None
         self.best_validation_score_ = result.best_score if self.early_stopping else None
-        self.best_epoch_ = result.best_epoch
-        self.n_iter_ = result.n_iter
+        self.best_epoch_ = best_epoch
+        self.n_iter_ = previous + result.n_iter
         self.hidden_units_ = hidden_units
         self.dequantization_ = widths
         self.dequantization_cells_ = cells
-        self.lattice_range_ = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
+        self.lattice_range_ = lattice_range
         self.center_ = center
         self.offset_ = self._compute_offset(X, val_idx, weights)
         # ODE-based kinds count their vector-field evaluations (fit and the
@@ -841,7 +924,12 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         self._fitted_params = copy.deepcopy(self.get_params(deep=False))
         return self
 
-    def _warn_training(self, result) -> None:
+    def _warn_training(self, result, warm: bool) -> None:
+        start = (
+            "the warm-started flow"
+            if warm
+            else "the starting point (the fixed preprocessing with an untrained flow)"
+        )
         if result.compile_error is not None:
             warnings.warn(
                 f"compile=True: {result.compile_error}; trained without compilation. "
@@ -861,30 +949,35 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             warnings.warn(
                 f"FlowDensity stopped at its time budget max_time={self.max_time} s "
                 f"after {result.n_iter} epochs, keeping the best weights so far; raise "
-                "max_time (None: no limit) to train to convergence.",
+                "max_time (None: no limit) to train to convergence, or refit with "
+                "warm_start=True to continue from here.",
                 ConvergenceWarning,
                 stacklevel=5,
             )
         elif result.stop_reason == "max_iter":
             kept = (
-                " No epoch has beaten the starting point (the fixed preprocessing with an "
-                "untrained flow) yet, so that was kept."
+                f" No epoch has beaten {start} yet, so that was kept."
                 if result.best_epoch == 0
                 else ""
             )
             warnings.warn(
                 f"FlowDensity reached max_iter={self.max_iter} epochs before the "
-                f"monitored log-likelihood stopped improving; consider increasing max_iter.{kept}",
+                f"monitored log-likelihood stopped improving; consider increasing max_iter "
+                f"(or refit with warm_start=True to continue).{kept}",
                 ConvergenceWarning,
                 stacklevel=5,
             )
         elif result.best_epoch == 0:
+            cause = (
+                "It had converged, or the learning_rate is too large"
+                if warm
+                else "A too large learning_rate is the usual cause; data that the "
+                "preprocessing alone already fits (e.g. Gaussian) the other"
+            )
             warnings.warn(
-                f"None of the {result.n_iter} epochs improved the validation score of the "
-                "starting point (the fixed preprocessing with an untrained flow), so that "
-                "was kept: the flow learned nothing. A too large learning_rate (here "
-                f"{self.learning_rate:g}) is the usual cause; data that the preprocessing "
-                "alone already fits (e.g. Gaussian) the other.",
+                f"None of the {result.n_iter} epochs improved the validation score of "
+                f"{start}, so that was kept: the flow learned nothing. {cause} "
+                f"(learning_rate={self.learning_rate:g}).",
                 ConvergenceWarning,
                 stacklevel=5,
             )

@@ -1,0 +1,104 @@
+"""``warm_start=True``: a refit continues the fitted flow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_breast_cancer
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+
+from skflow import FlowDensity
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+FAST = dict(n_layers=2, hidden_units=16, max_iter=5, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    X, _ = load_breast_cancer(return_X_y=True)
+    return train_test_split(X, test_size=0.3, random_state=0)
+
+
+def test_short_fits_continue_to_the_full_fit(cancer):
+    """Eight warm fits of 10 epochs each climb to the held-out log-likelihood
+    of one full default fit (40.1 nats per row); a cold 10-epoch fit stays
+    near its first value."""
+    X_train, X_test = cancer
+    est = FlowDensity(max_iter=10, warm_start=True, random_state=0)
+    scores = [est.fit(X_train).score(X_test) for _ in range(8)]
+    assert est.n_iter_ == len(est.loss_curve_) == len(est.validation_scores_) == 80
+    assert scores[-1] > scores[0] + 1.0 and scores[-1] > 39.5
+    cold = FlowDensity(max_iter=10, random_state=0)
+    assert cold.fit(X_train).fit(X_train).score(X_test) == pytest.approx(scores[0])
+
+
+def test_continues_after_max_time(cancer):
+    X_train, _ = cancer
+    est = FlowDensity(max_time=0.3, warm_start=True, random_state=0)
+    with pytest.warns(ConvergenceWarning, match="max_time"):
+        est.fit(X_train)
+    first = est.n_iter_
+    est.set_params(max_time=None, max_iter=7, learning_rate=5e-4)  # training params may change
+    est.fit(X_train)
+    assert est.n_iter_ == first + 7 and len(est.loss_curve_) == first + 7
+
+
+def test_fixed_layers_stay_and_new_rows_train(cancer):
+    """Fine-tuning on other rows keeps the first fit's fixed layers (so the
+    density stays exact) and moves the learned ones towards the new rows."""
+    X_train, X_test = cancer
+    est = FlowDensity(warm_start=True, **FAST).fit(X_train)
+    center, cells = est.center_.copy(), est.dequantization_cells_
+    first = est.flow_.transform.transforms[0].x_knots.clone()
+    before = est.score(X_test)
+    est.set_params(max_iter=60).fit(X_test)
+    np.testing.assert_array_equal(est.center_, center)
+    assert est.dequantization_cells_ is cells
+    assert torch.equal(est.flow_.transform.transforms[0].x_knots, first)
+    assert est.score(X_test) > before + 1.0
+
+
+def test_changes_that_reshape_the_flow_are_refused(cancer):
+    X_train, _ = cancer
+    est = FlowDensity(warm_start=True, **FAST).fit(X_train)
+    for params in ({"n_layers": 3}, {"kind": "nsf"}, {"dtype": "float64"}, {"whiten": False}):
+        with pytest.raises(ValueError, match="warm_start=True continues the fitted flow"):
+            FlowDensity(warm_start=True, **FAST).fit(X_train).set_params(**params).fit(X_train)
+    with pytest.raises(ValueError, match="features"):
+        est.fit(X_train[:, :5])
+    # warm_start=False fits anew, whatever changed.
+    assert est.set_params(warm_start=False, n_layers=3).fit(X_train[:, :5]).n_features_in_ == 5
+
+
+def test_failed_warm_fit_keeps_the_model(cancer, monkeypatch):
+    """Training works on a copy: an interrupt after it changed the weights
+    leaves the fitted flow as it was."""
+    import skflow._estimator
+
+    X_train, X_test = cancer
+    est = FlowDensity(warm_start=True, **FAST).fit(X_train)
+    state = {k: v.clone() for k, v in est.flow_.state_dict().items()}
+    scores, n_iter = est.score_samples(X_test), est.n_iter_
+
+    def interrupted_training(flow, *args, **kwargs):
+        for p in flow.parameters():
+            p.data.zero_()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(skflow._estimator, "train_flow", interrupted_training)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X_train)
+    assert est.n_iter_ == n_iter
+    assert all(torch.equal(v, est.flow_.state_dict()[k]) for k, v in state.items())
+    np.testing.assert_array_equal(est.score_samples(X_test), scores)
+
+
+def test_warm_start_from_a_saved_model(cancer, tmp_path):
+    X_train, X_test = cancer
+    est = FlowDensity(**FAST).fit(X_train)
+    est.save(tmp_path / "m.skflow")
+    loaded = FlowDensity.load(tmp_path / "m.skflow").set_params(warm_start=True, max_iter=3)
+    loaded.fit(X_train)
+    assert loaded.n_iter_ == est.n_iter_ + 3
