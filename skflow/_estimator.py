@@ -41,6 +41,7 @@ from skflow._preprocessing import (
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.diagnostics import round_trip_error
+from skflow.engine.flows.cnf import without_log_det
 from skflow.engine.training import eval_chunk
 from skflow.engine.transforms import Affine, Compose, LogTails, PiecewiseLinear
 from skflow.exceptions import InvertibilityWarning
@@ -1028,29 +1029,39 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         return float(weighted_quantile(scores, tail, weights))
 
     # -------------------------------------------------------------- scoring
+    def _map_rows(self, X: np.ndarray, fn, width: int | None, shift=None) -> np.ndarray:
+        """``fn`` (a map of tensors on the flow's device) of the rows of
+        ``X - shift``, in chunks so that memory stays bounded on huge inputs,
+        as float64 with ``width`` columns (None: one value per row). Rows
+        that are not finite in the flow's dtype (beyond float32's range)
+        are not passed to ``fn`` (an ODE solver would fail on them) and
+        come back NaN."""
+        out = np.full((X.shape[0],) if width is None else (X.shape[0], width), np.nan)
+        with torch.inference_mode():
+            rows = eval_chunk(self.device_)
+            for start in range(0, X.shape[0], rows):
+                block = X[start : start + rows]
+                if shift is not None:
+                    with np.errstate(over="ignore"):  # inf: not finite below
+                        block = block - shift
+                # A contiguous copy: read-only (memmapped) and reversed
+                # (X[::-1]) input are fine.
+                chunk = torch.tensor(np.ascontiguousarray(block), dtype=self._flow_dtype())
+                finite = torch.isfinite(chunk).all(dim=1)
+                if bool(finite.any()):
+                    mapped = fn(chunk[finite].to(self.device_))
+                    # A view of out: the masked assignment writes through.
+                    out[start : start + rows][finite.numpy()] = mapped.cpu().double().numpy()
+        return out
+
     def _log_density(self, X: np.ndarray) -> np.ndarray:
         """Log-density of already validated rows (no feature-name checks)."""
         # Inputs are finite and so are the fitted weights, so a non-finite
         # value can only come from overflow at points so far out that the
         # density underflows: its limit there is log(0) = -inf. That covers
         # NaN from inf - inf inside the flow, and rows beyond the range of
-        # float32 (1e300), which are not passed to the flow at all (an ODE
-        # solver would fail on them).
-        out = np.full(X.shape[0], -np.inf)
-        with torch.inference_mode():
-            rows = eval_chunk(self.device_)
-            for start in range(0, X.shape[0], rows):
-                # Convert chunk by chunk so memory stays bounded on huge inputs.
-                # The centring makes a new, contiguous array, so read-only
-                # (memmapped) and reversed (X[::-1]) input are fine.
-                with np.errstate(over="ignore"):  # inf: scored -inf below
-                    centred = X[start : start + rows] - self.center_
-                chunk = torch.tensor(centred, dtype=self._flow_dtype())
-                finite = torch.isfinite(chunk).all(dim=1)
-                if bool(finite.any()):
-                    logp = self.flow_.log_prob(chunk[finite].to(self.device_))
-                    # A view of out: the masked assignment writes through.
-                    out[start : start + rows][finite.numpy()] = logp.cpu().double().numpy()
+        # float32 (1e300).
+        out = self._map_rows(X, self.flow_.log_prob, None, shift=self.center_)
         out[np.isnan(out)] = -np.inf
         return out
 
@@ -1203,33 +1214,47 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         """
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
-    def _through_flow(self, rows: np.ndarray, inverse: bool, what: str) -> np.ndarray:
-        """Rows (centred data, or latent) mapped through the flow's
-        transform or its inverse, in chunks; a ValueError, not NaN, where
-        the map cannot be computed."""
-        if getattr(self.flow_.transform.transforms[-1], "augment_dims", 0):
+    def _through_flow(self, X: np.ndarray, inverse: bool, what: str) -> np.ndarray:
+        """Validated rows mapped to the latent (data shifted by ``center_``)
+        or back (``inverse``); a ValueError, not NaN, where the map cannot
+        be computed."""
+        self._check_bijective(what)
+        transform = self.flow_.transform
+        step = transform.inverse if inverse else transform
+        # Continuous flows skip the log-determinant nobody reads here.
+        with without_log_det(self.flow_):
+            mapped = self._map_rows(
+                X, lambda t: step(t)[0], X.shape[1], shift=None if inverse else self.center_
+            )
+            bad = ~np.isfinite(mapped).all(axis=1)
+            # Far out in the heavy-tailed latent the inverse grows like
+            # exp(|z|) and saturates (about 10 standard deviations out,
+            # depending on the data): such rows do not map back.
+            far = ~bad & (np.abs(X).max(axis=1) > TAIL_START) if inverse else None
+            if far is not None and far.any():
+                back = self._map_rows(mapped[far], lambda t: transform(t)[0], X.shape[1])
+                error = np.abs(back - X[far]).max(axis=1)
+                bad[far] = ~(error <= 1e-2 * np.abs(X[far]).max(axis=1))
+        if bad.any():
+            raise ValueError(
+                f"{what}: {int(bad.sum())} row(s) (the first is row {int(bad.argmax())}) are "
+                f"too far out for the flow's {self.dtype} arithmetic: they do not map to "
+                "finite values that map back. Remove them (standard normal latent draws "
+                "never get there), or refit with dtype='float64'."
+            )
+        return mapped + self.center_ if inverse else mapped
+
+    def _check_bijective(self, what: str, fitted: bool = True) -> None:
+        if fitted:
+            augmented = getattr(self.flow_.transform.transforms[-1], "augment_dims", 0)
+        else:
+            augmented = self.kind == "cnf" and (self.kind_options or {}).get("augment_dims")
+        if augmented:
             raise ValueError(
                 f"{what} needs a one-to-one map between data and latent, but this cnf "
                 "appends augment_dims noise dimensions to the data (its latent has more "
                 "coordinates than X). Fit with kind_options={'augment_dims': 0} to use it."
             )
-        transform = self.flow_.transform
-        mapped = np.empty_like(rows)
-        with torch.inference_mode():
-            step = eval_chunk(self.device_)
-            for start in range(0, rows.shape[0], step):
-                with np.errstate(over="ignore"):  # (checked below)
-                    chunk = torch.tensor(rows[start : start + step], dtype=self._flow_dtype())
-                out = (transform.inverse if inverse else transform)(chunk.to(self.device_))[0]
-                mapped[start : start + step] = out.cpu().double().numpy()
-        bad = ~np.isfinite(mapped).all(axis=1)
-        if bad.any():
-            raise ValueError(
-                f"{what}: {int(bad.sum())} row(s) (the first is row {int(bad.argmax())}) are "
-                f"too far out for the flow's {self.dtype} arithmetic and map to non-finite "
-                "values. Remove them, or refit with dtype='float64'."
-            )
-        return mapped
 
     def transform(self, X):
         """Map rows to the flow's latent space, where the fitted model is a
@@ -1252,7 +1277,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         -------
         Z : ndarray of shape (n_samples, n_features)
             Latent coordinates; under the fitted model, independent standard
-            normals.
+            normals (for rows with dequantized features, the model's
+            continuous variable is ``X + U`` with the cells' noise ``U``, so
+            the latent of ``X`` itself is only roughly standard normal).
 
         Examples
         --------
@@ -1265,27 +1292,56 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         ((178, 13), True)
         """
         check_is_fitted(self)
-        X = self._validate_X(X, reset=False)
-        with np.errstate(over="ignore"):  # (inf is reported by _through_flow)
-            centred = X - self.center_
-        return self._through_flow(centred, inverse=False, what="transform")
+        return self._through_flow(self._validate_X(X, reset=False), False, "transform")
 
-    def inverse_transform(self, Z):
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit the flow to ``X``, then map ``X`` to the latent space.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : Ignored
+            Not used, present for API consistency.
+        **fit_params : dict
+            Passed to :meth:`fit` (e.g. ``sample_weight``).
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features)
+            ``fit(X, **fit_params).transform(X)``.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_iris
+        >>> from skflow import FlowDensity
+        >>> FlowDensity(max_iter=5, random_state=0).fit_transform(load_iris().data).shape
+        (150, 4)
+        """
+        # Refuse a flow without a latent map before training it.
+        self._check_bijective("fit_transform", fitted=False)
+        return self.fit(X, y, **fit_params).transform(X)
+
+    def inverse_transform(self, X):
         """Map latent coordinates back to the units of the data.
 
         The inverse of :meth:`transform`, up to the flow's numerical
-        round-trip error (``reconstruction_error_``). Standard normal ``Z``
+        round-trip error (``reconstruction_error_``). Standard normal rows
         give samples of the model; unlike :meth:`sample`, discrete features
         are not rounded onto their values.
 
         Parameters
         ----------
-        Z : array-like of shape (n_samples, n_features)
-            Latent coordinates.
+        X : array-like of shape (n_samples, n_features)
+            Latent coordinates (a DataFrame must have :meth:`transform`'s
+            columns ``z0``, ``z1``, ...). Rows too far out for the flow's
+            arithmetic to map back (beyond about 10 standard deviations,
+            where the heavy-tailed latent's inverse grows like ``exp(|z|)``)
+            raise a ValueError; standard normal draws never get there.
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features)
+        X_original : ndarray of shape (n_samples, n_features)
             Rows in the units of the training data.
 
         Examples
@@ -1299,13 +1355,20 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         True
         """
         check_is_fitted(self)
-        Z = check_array(Z, dtype=np.float64, input_name="Z")
+        columns = _column_dtypes(X)
+        if columns is not None and list(columns.index) != list(self.get_feature_names_out()):
+            raise ValueError(
+                f"inverse_transform reads latent columns {list(self.get_feature_names_out())} "
+                f"(what transform returns), but X has columns {list(columns.index)}: pass a "
+                "plain array to map columns by position."
+            )
+        Z = check_array(X, dtype=np.float64)
         if Z.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"Z has {Z.shape[1]} columns, but the latent space of this FlowDensity has "
+                f"X has {Z.shape[1]} columns, but the latent space of this FlowDensity has "
                 f"{self.n_features_in_} (one per feature)."
             )
-        return self._through_flow(Z, inverse=True, what="inverse_transform") + self.center_
+        return self._through_flow(Z, True, "inverse_transform")
 
     def get_feature_names_out(self, input_features=None):
         """Names of the latent coordinates that :meth:`transform` returns.
@@ -1382,7 +1445,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         if n_samples == 0:  # some layers (ODE solves, channel views) reject empty batches
             samples = np.empty((0, self.n_features_in_))
         else:
-            with torch.inference_mode():
+            # (Continuous flows skip the log-determinant sampling ignores.)
+            with torch.inference_mode(), without_log_det(self.flow_):
                 x = self.flow_.sample(int(n_samples), generator=gen)
             samples = self._snap_to_lattice(x.cpu().double().numpy() + self.center_)
         if not as_frame:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from scipy import stats
 from sklearn.datasets import load_breast_cancer, load_wine
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score, train_test_split
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from skflow import FlowDensity
 from skflow.engine import KINDS
@@ -79,17 +82,95 @@ def test_gaussianizing_step_in_a_pipeline(cancer):
 def test_transform_errors():
     X = load_wine().data
     est = FlowDensity(n_layers=2, hidden_units=16, max_iter=5, random_state=0).fit(X)
-    with pytest.raises(ValueError, match="Z has 3 columns, but the latent space"):
+    with pytest.raises(ValueError, match="X has 3 columns, but the latent space"):
         est.inverse_transform(np.zeros((2, 3)))
-    # The heavy-tailed latent's inverse saturates rather than overflowing.
-    assert np.isfinite(est.inverse_transform(np.full((2, 13), 1e39))).all()
     with pytest.raises(ValueError, match="too far out"):
         est.transform(np.r_[X[:2], np.full((1, 13), 1e300)])
     with pytest.raises(ValueError, match="NaN"):
         est.inverse_transform(np.full((2, 13), np.nan))
+    # Beyond float32 (1e39), and where the heavy-tailed latent's inverse
+    # saturates (about 10 standard deviations out here): refused, not
+    # mapped to rows that do not map back.
+    z = np.zeros((3, 13))
+    z[1, 0], z[2, 0] = 20.0, 1e39
+    with pytest.raises(ValueError, match=r"2 row\(s\) \(the first is row 1\) are too far"):
+        est.inverse_transform(z)
+    z = np.zeros((1, 13))
+    z[0, 0] = 8.0  # still inside: maps back
+    np.testing.assert_allclose(est.transform(est.inverse_transform(z)), z, atol=1e-4)
+
+
+def test_augmented_cnf_has_no_latent_map():
+    X = load_wine().data[:, :3]
     aug = FlowDensity(
         "cnf", n_layers=1, hidden_units=8, max_iter=2, kind_options={"augment_dims": 2}
-    ).fit(X[:, :3])
+    )
+    with pytest.raises(ValueError, match="augment_dims"):
+        aug.fit_transform(X)  # refused before training
+    assert not hasattr(aug, "flow_")
+    aug.fit(X)
     for method in (aug.transform, aug.inverse_transform):
         with pytest.raises(ValueError, match="augment_dims"):
-            method(X[:2, :3])
+            method(X[:2])
+
+
+def test_cnf_rows_beyond_the_solver_are_refused():
+    """A continuous flow skips rows too far out for its solver: their latent
+    is unknown (NaN), which transform reports instead of passing the input
+    off as a latent."""
+    X = load_wine().data
+    est = FlowDensity(
+        "cnf", gaussianize=False, n_layers=1, hidden_units=16, max_iter=5, random_state=0
+    ).fit(X)
+    far = X[:2].copy()
+    far[1, 0] = 1e8
+    assert est.score_samples(far)[1] == -np.inf
+    with pytest.raises(ValueError, match=r"1 row\(s\) \(the first is row 1\)"):
+        est.transform(far)
+    with pytest.raises(ValueError, match="too far out"):
+        est.inverse_transform(np.full((2, 13), 1e39))
+
+
+def test_density_is_the_latent_density_times_the_jacobian():
+    """score_samples(x) = log N(transform(x)) + log|det dT/dx|, with T the
+    map transform returns, on a column far from zero (centred inside)."""
+    rng = np.random.RandomState(0)
+    X = load_wine().data[:, :4] + [0.0, 0.0, 0.0, 1e9]
+    X[:, 3] += rng.normal(size=len(X))
+    est = FlowDensity(
+        n_layers=2, hidden_units=16, max_iter=10, dtype="float64", random_state=0
+    ).fit(X)
+    Z = est.transform(X)
+    rows = torch.tensor(X - est.center_)
+    with torch.no_grad():
+        z, log_det = est.flow_.transform(rows)
+    np.testing.assert_allclose(Z, z.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        est.score_samples(X), stats.norm.logpdf(Z).sum(axis=1) + log_det.numpy(), rtol=1e-10
+    )
+    np.testing.assert_allclose(est.inverse_transform(Z), X, rtol=1e-12, atol=1e-6)
+
+
+def test_inputs_pipelines_and_persistence(tmp_path):
+    import pickle
+
+    df = load_wine(as_frame=True).data
+    est = FlowDensity(n_layers=2, hidden_units=16, max_iter=5, random_state=0)
+    Z = est.fit(df).transform(df)
+    # Reversed (negative strides) and read-only arrays.
+    np.testing.assert_allclose(est.inverse_transform(Z[::-1]), df.to_numpy()[::-1], rtol=1e-3)
+    Z.setflags(write=False)
+    assert est.inverse_transform(Z).shape == df.shape
+    # DataFrames: latent columns by name, in transform's order only.
+    frame = pd.DataFrame(Z, columns=est.get_feature_names_out())
+    np.testing.assert_array_equal(est.inverse_transform(frame), est.inverse_transform(Z))
+    with pytest.raises(ValueError, match="reads latent columns"):
+        est.inverse_transform(df)
+    # A Pipeline maps back through its steps.
+    pipe = make_pipeline(StandardScaler(), FlowDensity(n_layers=2, hidden_units=16, max_iter=5))
+    back = pipe.fit(df).inverse_transform(pipe.transform(df))
+    np.testing.assert_allclose(back, df.to_numpy(), rtol=1e-3, atol=1e-3)
+    # Pickled and saved models map as the original.
+    est.save(tmp_path / "m.skflow")
+    for copy in (pickle.loads(pickle.dumps(est)), FlowDensity.load(tmp_path / "m.skflow")):
+        np.testing.assert_array_equal(copy.transform(df), Z)

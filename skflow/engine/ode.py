@@ -124,7 +124,9 @@ class Dynamics(nn.Module):
 
     The state is ``(x, divergence integral[, kinetic, jacobian])``; the
     derivatives are ``(f, tr(df/dx)[, |f|^2, |df/dx|_F^2])`` per row (the
-    regularizers when the state carries them). Set
+    regularizers when the state carries them). A state ``(x,)`` gets ``(f,)``
+    only: mapping points without their density skips the divergence, which
+    costs one backward pass per dimension. Set
     :attr:`probes` (shape ``(n_probes, batch, dim)``) for Hutchinson's
     estimate, or leave it None for the exact trace. :attr:`create_graph`
     says whether the solve is differentiated (training, autograd Jacobians);
@@ -142,6 +144,8 @@ class Dynamics(nn.Module):
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.nfe += 1
         x = state[0]
+        if len(state) == 1:  # the state alone: no divergence wanted
+            return (self.field(t, x),)
         # The first state (the data) and every state of a detached solve
         # carry no graph; the divergence still needs df/dx. Without grad mode
         # (an adjoint's forward solve) nothing differentiates through this
