@@ -223,7 +223,15 @@ def _fit(args: argparse.Namespace) -> None:
     params.update(
         {param: False for param, _ in _FIT_SWITCHES.values() if getattr(args, param) is False}
     )
-    est = FlowDensity(kind=args.kind, verbose=args.verbose, compile=args.compile, **params)
+    if args.resume is None:
+        est = FlowDensity(kind=args.kind or "maf", **params)
+    else:
+        # Options given change the loaded model's parameters; one that
+        # reshapes the flow is refused by fit with a message naming it.
+        if args.kind is not None:
+            params["kind"] = args.kind
+        est = _load(args.resume).set_params(warm_start=True, **params)
+    est.set_params(verbose=args.verbose, compile=args.compile)
     start = time.perf_counter()
     est.fit(X, sample_weight=weights)
     seconds = time.perf_counter() - start
@@ -232,7 +240,8 @@ def _fit(args: argparse.Namespace) -> None:
     rows, cols = X.shape
     if weights is not None:
         rows = int((weights > 0).sum())  # (rows of weight 0 are left out)
-    summary = f"fitted kind={args.kind!r} on {rows} rows x {cols} columns in {est.n_iter_} epochs"
+    verb = "continued" if args.resume is not None else "fitted"
+    summary = f"{verb} kind={est.kind!r} on {rows} rows x {cols} columns in {est.n_iter_} epochs"
     summary += f" ({seconds:.1f} s)"
     if est.best_validation_score_ is not None:
         summary += f", best validation score {est.best_validation_score_:.3f}"
@@ -318,9 +327,7 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
         "Options not given keep FlowDensity's defaults.",
     )
     fit.add_argument("data", help="CSV file of training rows (numeric columns only)")
-    fit.add_argument(
-        "--kind", default="maf", choices=sorted(KINDS), help="flow family (default: maf)"
-    )
+    fit.add_argument("--kind", choices=sorted(KINDS), help="flow family (default: maf)")
     fit.add_argument(
         "--out", default="model.skflow", help="model file to write (default: model.skflow)"
     )
@@ -328,6 +335,13 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
         fit.add_argument(f"--{opt}", type=type_, help=help_, metavar=opt.split("-")[-1].upper())
     for opt, (param, help_) in _FIT_SWITCHES.items():
         fit.add_argument(f"--{opt}", dest=param, action="store_false", default=None, help=help_)
+    fit.add_argument(
+        "--resume",
+        metavar="MODEL",
+        help="continue training a model file written by 'fit' (warm_start) instead of "
+        "starting anew, e.g. after its max_time cut it short; options given change its "
+        "training parameters",
+    )
     fit.add_argument(
         "--weight-column",
         metavar="COLUMN",

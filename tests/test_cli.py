@@ -269,3 +269,22 @@ def test_fit_weight_column(files, tmp_path, capsys):
     train.assign(w=-weights).to_csv(tmp_path / "negative.csv", index=False)
     assert main(["fit", str(tmp_path / "negative.csv"), "--out", str(named), *common, "w"]) == 2
     assert "Negative values in data passed to `sample_weight`" in capsys.readouterr().err
+
+
+def test_fit_resume_continues_a_model(files, tmp_path, capsys):
+    first, second = tmp_path / "first.skflow", tmp_path / "second.skflow"
+    train = str(files / "train.csv")
+    assert main(["fit", train, "--out", str(first), *FAST]) == 0
+    assert (
+        main(["fit", train, "--out", str(second), "--resume", str(first), "--max-iter", "4"]) == 0
+    )
+    assert "continued kind='maf' on 250 rows x 2 columns in 9 epochs" in capsys.readouterr().err
+    model = FlowDensity.load(second)
+    assert model.n_iter_ == 5 + 4 and model.max_iter == 4
+    # An option that reshapes the flow is refused, naming it.
+    assert (
+        main(["fit", train, "--out", str(second), "--resume", str(first), "--n-layers", "3"]) == 2
+    )
+    assert "n_layers changed since it was fitted" in capsys.readouterr().err
+    assert main(["fit", train, "--out", str(second), "--resume", str(tmp_path / "nope")]) == 2
+    assert "no such model file" in capsys.readouterr().err
