@@ -8,6 +8,8 @@ training loop, and keeps the fitted flow so that it pickles anywhere.
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 import warnings
 from numbers import Integral, Real
 
@@ -28,6 +30,8 @@ from sklearn.utils.validation import (
 from skflow import _persistence
 from skflow._preprocessing import (
     N_KNOTS,
+    SAME_VALUE_RTOL,
+    _nearest,
     dequantization_widths,
     effective_rows,
     gaussianizing_knots,
@@ -142,7 +146,10 @@ _SHAPE_PARAMS = (
 
 
 def _same_value(a, b) -> bool:
-    """Parameter equality that also compares arrays (``dequantize``)."""
+    """Parameter equality that also compares arrays (``dequantize``), with
+    ``None`` and ``{}`` alike (``kind_options``) and a width ``h`` alike to
+    ``(h, h)`` (``hidden_units``)."""
+    a, b = ({} if v is None else (v, v) if isinstance(v, Integral) else v for v in (a, b))
     if isinstance(a, str) or isinstance(b, str):
         return type(a) is type(b) and a == b
     if np.ndim(a) or np.ndim(b):
@@ -347,12 +354,14 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     warm_start : bool, default=False
         With True, ``fit`` on a fitted estimator continues training its flow
         (on the new ``X``, for up to ``max_iter`` more epochs, with a fresh
-        optimizer and validation split) instead of starting anew: to go on
+        optimizer but the first fit's validation split) instead of starting
+        anew: to go on
         after ``max_time`` or ``max_iter`` cut a fit short, or to fine-tune on
         new rows. The fixed layers (centre, quantile map, whitening,
         dequantization cells) stay those of the first fit, so the density
         remains exact; ``offset_`` and ``reconstruction_error_`` are
-        recomputed on the new rows; ``loss_curve_`` and ``validation_scores_``
+        recomputed on the new rows (``fit`` warns when they leave the first
+        fit's range or discrete values); ``loss_curve_`` and ``validation_scores_``
         grow and ``n_iter_`` counts all epochs. Parameters that shape the
         flow (``kind``, ``n_layers``, ``hidden_units``, ``dtype``,
         ``dequantize``, ``whiten``, ``gaussianize``, ``kind_options``) and
@@ -385,7 +394,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         likelihood.
     validation_scores_ : list of float or None
         Validation mean log-likelihood after each epoch (None without
-        early stopping). For ``"cnf"`` with ``training="flow_matching"`` it
+        early stopping; NaN for the epochs of an earlier ``warm_start`` fit
+        without it). For ``"cnf"`` with ``training="flow_matching"`` it
         is minus the flow-matching loss on the validation rows (fixed random
         draws), which is far cheaper than an ODE solve per epoch;
         :meth:`score` gives their log-likelihood.
@@ -393,18 +403,20 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         Validation score of the weights kept (None without early stopping):
         the best epoch's, or the starting weights' when no epoch beat them.
     best_epoch_ : int
-        Epoch whose weights were kept; 0 means no epoch improved on the
-        starting point (the fixed preprocessing with an untrained flow, which
-        fit warns about).
+        Epoch whose weights were kept (the last one without early stopping);
+        0 means no epoch improved on the starting point (the fixed
+        preprocessing with an untrained flow, which fit warns about). Epochs
+        are counted over all fits of a ``warm_start`` flow.
     n_iter_ : int
-        Number of epochs run.
+        Number of epochs run (over all fits of a ``warm_start`` flow).
     hidden_units_ : tuple of int
         The conditioner widths used (``hidden_units`` resolved).
     nfe_ : dict
         Only for ``"cnf"``: vector-field evaluations. ``"fit_total"`` in
-        training solves (0 under flow matching, which solves no ODE),
-        ``"fit_per_solve"`` per training batch, ``"last_solve"`` for the
-        scoring solve that sets ``offset_`` at the end of ``fit``.
+        training solves (0 under flow matching, which solves no ODE; all
+        fits of a ``warm_start`` flow), ``"fit_per_solve"`` per training
+        batch, ``"last_solve"`` for the scoring solve that sets ``offset_``
+        at the end of ``fit``.
     dequantization_ : ndarray of shape (n_features_in_,)
         Resolution of each discrete feature (its smallest gap between
         values; 0 for continuous features).
@@ -741,6 +753,35 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "warm_start=False to fit a new flow."
             )
 
+    def _warn_drift(self, X_train: np.ndarray) -> None:
+        """Warn when a warm fit's rows leave what the first fit's fixed
+        layers were fitted to: values far beyond its range, or values of a
+        discrete column it never saw (sample() rounds onto its values)."""
+        low, high = self.lattice_range_
+        margin = 0.1 * np.where(high > low, high - low, 1.0)
+        names = getattr(self, "feature_names_in_", [f"x{j}" for j in range(X_train.shape[1])])
+        drifted = []
+        for j, cell in enumerate(self.dequantization_cells_):
+            column = X_train[:, j]
+            off = (column < low[j] - margin[j]) | (column > high[j] + margin[j])
+            if isinstance(cell, tuple) and cell[2] is None:  # discrete: its values
+                values = cell[0]
+                tol = SAME_VALUE_RTOL * max(float(values[-1] - values[0]), 1.0)
+                off |= np.abs(column - values[_nearest(values, column)]) > tol
+            if off.mean() > 0.01:
+                drifted.append(str(names[j]))
+        if drifted:
+            warnings.warn(
+                "warm_start keeps the first fit's fixed layers (centre, quantile map, "
+                "whitening, dequantization cells), but over 1% of the new rows leave them in "
+                f"columns {drifted}: values beyond the first fit's range, or values of a "
+                "discrete column it never saw (sample() rounds onto the first fit's values). "
+                "The density stays exact but may fit these rows poorly; fit with "
+                "warm_start=False to fit the fixed layers to them.",
+                UserWarning,
+                stacklevel=4,
+            )
+
     def _fit(self, X, sample_weight):
         column_dtypes = _numpy_dtypes(X)
         warm = self.warm_start and hasattr(self, "flow_")
@@ -760,9 +801,19 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         device = resolve_device(self.device, dtype)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
+        split_rng = rng
+        if warm:
+            # New minibatch orders and noise, but the first fit's validation
+            # split (the same rows, if X is), even under random_state=None:
+            # rows validated now must not be rows trained on before.
+            seed = (seed + self.n_iter_) % np.iinfo(np.int32).max
+            if getattr(self, "_split_state", None) is not None:
+                split_rng = np.random.RandomState()
+                split_rng.set_state(self._split_state)
+        split_state = split_rng.get_state()
 
         n = X.shape[0]
-        order = rng.permutation(n)
+        order = split_rng.permutation(n)
         if self.early_stopping:
             n_val = min(max(1, int(round(self.validation_fraction * n))), n - 1)
             val_idx, train_idx = order[:n_val], order[n_val:]
@@ -811,6 +862,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         # keep only float32 accuracy (the standardization would not invert).
         flow = flow.to(device=device, dtype=dtype)
         if warm:
+            self._warn_drift(X_train)
             widths, cells = self.dequantization_, self.dequantization_cells_
             half_train = half_widths(X_train, cells)
         else:
@@ -877,15 +929,24 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                     )
                 ),
             )
-        self._warn_training(result, warm)
+        previous = self.n_iter_ if warm else 0
+        # Without validation the last epoch's weights are kept (unless
+        # training diverged: then the best training loss's).
+        kept = result.best_epoch
+        if not self.early_stopping and result.stop_reason != "diverged":
+            kept = result.n_iter
+        if kept:
+            kept += previous
+        elif warm:
+            kept = self.best_epoch_  # no epoch beat the warm-started weights
+        self._warn_training(result, warm, previous, kept)
 
         lattice_range = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
         if warm:
             # Earlier epochs and the earlier training rows' range carry on.
-            previous = self.n_iter_
-            best_epoch = previous + result.best_epoch if result.best_epoch else self.best_epoch_
             loss_curve = self.loss_curve_ + result.loss_curve
-            scores = (self.validation_scores_ or []) + result.validation_scores
+            scores = self.validation_scores_ or [math.nan] * previous  # (none then)
+            scores = scores + result.validation_scores
             lattice_range = np.stack(
                 [
                     np.minimum(self.lattice_range_[0], lattice_range[0]),
@@ -893,20 +954,20 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 ]
             )
         else:
-            previous, best_epoch = 0, result.best_epoch
             loss_curve, scores = result.loss_curve, result.validation_scores
         self.flow_ = flow
         self.device_ = device
         self.loss_curve_ = loss_curve
         self.validation_scores_ = scores if self.early_stopping else None
         self.best_validation_score_ = result.best_score if self.early_stopping else None
-        self.best_epoch_ = best_epoch
+        self.best_epoch_ = kept
         self.n_iter_ = previous + result.n_iter
         self.hidden_units_ = hidden_units
         self.dequantization_ = widths
         self.dequantization_cells_ = cells
         self.lattice_range_ = lattice_range
         self.center_ = center
+        self._split_state = split_state
         self.offset_ = self._compute_offset(X, val_idx, weights)
         # ODE-based kinds count their vector-field evaluations (fit and the
         # scoring just done).
@@ -915,7 +976,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             self.nfe_ = dict(nfe)
         else:
             self.__dict__.pop("nfe_", None)  # from an earlier fit of an ODE kind
-        if column_dtypes is not None:
+        if warm and (column_dtypes is None or "feature_names_in_" not in self.__dict__):
+            pass  # the first fit's columns: keep what it recorded
+        elif column_dtypes is not None:
             self.feature_dtypes_ = column_dtypes
         else:
             self.__dict__.pop("feature_dtypes_", None)
@@ -925,7 +988,14 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         self._fitted_params = copy.deepcopy(self.get_params(deep=False))
         return self
 
-    def _warn_training(self, result, warm: bool) -> None:
+    def _warn_training(self, result, warm: bool, previous: int, kept: int) -> None:
+        """Warnings about how training ended; epochs are counted over all
+        fits of a warm-started flow (``previous`` before this one)."""
+        more = (
+            "call fit again (warm_start=True) to continue"
+            if warm
+            else "refit with warm_start=True to continue from here"
+        )
         start = (
             "the warm-started flow"
             if warm
@@ -941,7 +1011,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         if result.stop_reason == "diverged":
             warnings.warn(
                 f"Training of kind={self.kind!r} diverged (non-finite loss) at epoch "
-                f"{result.n_iter}; the weights of epoch {result.best_epoch} were restored. "
+                f"{previous + result.n_iter}; the weights of epoch {kept} were restored. "
                 "Try a smaller learning_rate, fewer n_layers or dtype='float64'.",
                 ConvergenceWarning,
                 stacklevel=5,
@@ -950,13 +1020,12 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             warnings.warn(
                 f"FlowDensity stopped at its time budget max_time={self.max_time} s "
                 f"after {result.n_iter} epochs, keeping the best weights so far; raise "
-                "max_time (None: no limit) to train to convergence, or refit with "
-                "warm_start=True to continue from here.",
+                f"max_time (None: no limit) to train to convergence, or {more}.",
                 ConvergenceWarning,
                 stacklevel=5,
             )
         elif result.stop_reason == "max_iter":
-            kept = (
+            kept_start = (
                 f" No epoch has beaten {start} yet, so that was kept."
                 if result.best_epoch == 0
                 else ""
@@ -964,7 +1033,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             warnings.warn(
                 f"FlowDensity reached max_iter={self.max_iter} epochs before the "
                 f"monitored log-likelihood stopped improving; consider increasing max_iter "
-                f"(or refit with warm_start=True to continue).{kept}",
+                f"(or {more}).{kept_start}",
                 ConvergenceWarning,
                 stacklevel=5,
             )
@@ -1222,7 +1291,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         transform = self.flow_.transform
         step = transform.inverse if inverse else transform
         # Continuous flows skip the log-determinant nobody reads here.
-        with without_log_det(self.flow_):
+        with without_log_det():
             mapped = self._map_rows(
                 X, lambda t: step(t)[0], X.shape[1], shift=None if inverse else self.center_
             )
@@ -1446,7 +1515,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             samples = np.empty((0, self.n_features_in_))
         else:
             # (Continuous flows skip the log-determinant sampling ignores.)
-            with torch.inference_mode(), without_log_det(self.flow_):
+            with torch.inference_mode(), without_log_det():
                 x = self.flow_.sample(int(n_samples), generator=gen)
             samples = self._snap_to_lattice(x.cpu().double().numpy() + self.center_)
         if not as_frame:
@@ -1507,6 +1576,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        # Parameters added since the pickle was made take their defaults.
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            if name != "self" and name not in self.__dict__:
+                setattr(self, name, param.default)
         self._fill_fitted_defaults()
         if "flow_" in self.__dict__ and "_fitted_params" not in self.__dict__:
             # Pickled before fit recorded them: the parameters as pickled,

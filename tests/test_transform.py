@@ -174,3 +174,30 @@ def test_inputs_pipelines_and_persistence(tmp_path):
     est.save(tmp_path / "m.skflow")
     for copy in (pickle.loads(pickle.dumps(est)), FlowDensity.load(tmp_path / "m.skflow")):
         np.testing.assert_array_equal(copy.transform(df), Z)
+
+
+def test_no_log_det_context_is_per_thread_and_not_pickled():
+    """Sampling and latent maps skip the cnf divergence in their own thread
+    only: meanwhile other threads, and pickles taken, keep their densities."""
+    import pickle
+    import threading
+
+    from skflow.engine.flows.cnf import without_log_det
+
+    X = load_wine().data[:, :4]
+    est = FlowDensity("cnf", n_layers=1, hidden_units=8, max_iter=3, random_state=0).fit(X)
+    expected = est.score_samples(X)
+    seen = []
+    with without_log_det():
+        thread = threading.Thread(target=lambda: seen.append(est.score_samples(X)))
+        thread.start()
+        thread.join()
+        copy = pickle.loads(pickle.dumps(est))
+        with without_log_det():  # nesting restores the outer state
+            pass
+        rows = torch.tensor(X[:2] - est.center_, dtype=torch.float32)
+        with torch.no_grad():
+            assert torch.isnan(est.flow_.transform(rows)[1]).all()
+    np.testing.assert_array_equal(seen[0], expected)
+    np.testing.assert_array_equal(copy.score_samples(X), expected)
+    np.testing.assert_array_equal(est.score_samples(X), expected)

@@ -102,3 +102,61 @@ def test_warm_start_from_a_saved_model(cancer, tmp_path):
     loaded = FlowDensity.load(tmp_path / "m.skflow").set_params(warm_start=True, max_iter=3)
     loaded.fit(X_train)
     assert loaded.n_iter_ == est.n_iter_ + 3
+
+
+def test_warm_fits_keep_the_validation_rows(cancer):
+    """Even with random_state=None a warm fit validates on the first fit's
+    validation rows: with the weights unchanged (a vanishing learning rate)
+    its validation score and offset stay those of the first fit."""
+    X_train, _ = cancer
+    est = FlowDensity(n_layers=2, hidden_units=16, max_iter=5, warm_start=True).fit(X_train)
+    score, offset = est.best_validation_score_, est.offset_
+    est.set_params(learning_rate=1e-12, max_iter=2).fit(X_train)
+    # (Up to the validation rows' fresh dequantization noise on the table's
+    # zeros; rows trained on before scored 6 nats higher, offset -88 -> 20.)
+    assert est.best_validation_score_ == pytest.approx(score, rel=1e-2)
+    assert est.offset_ == pytest.approx(offset, rel=0.05)
+
+
+def test_epoch_records_line_up(cancer):
+    X_train, _ = cancer
+    est = FlowDensity(early_stopping=False, warm_start=True, **FAST).fit(X_train)
+    assert est.validation_scores_ is None and est.best_epoch_ == est.n_iter_ == 5
+    est.set_params(early_stopping=True, max_iter=3).fit(X_train)
+    assert len(est.validation_scores_) == len(est.loss_curve_) == est.n_iter_ == 8
+    assert np.isnan(est.validation_scores_[:5]).all()
+    assert np.isfinite(est.validation_scores_[5:]).all()
+
+
+def test_new_rows_off_the_fitted_values_warn():
+    rng = np.random.RandomState(0)
+    first = np.c_[rng.normal(size=(300, 2)), rng.randint(0, 6, 300)]
+    later = np.c_[rng.normal(size=(300, 2)), rng.randint(5, 11, 300)]
+    est = FlowDensity(warm_start=True, **FAST).fit(first)
+    with pytest.warns(UserWarning, match=r"in columns \['x2'\]"):
+        est.fit(later)
+
+
+def test_old_pickle_without_warm_start_refits(cancer):
+    """Estimators pickled before a parameter existed take its default."""
+    import pickle
+
+    from sklearn.base import clone
+
+    X_train, _ = cancer
+    est = FlowDensity(**FAST).fit(X_train)
+    del est.__dict__["warm_start"]  # as pickled before warm_start existed
+    old = pickle.loads(pickle.dumps(est))
+    assert old.get_params()["warm_start"] is False and "FlowDensity" in repr(old)
+    assert clone(old).fit(X_train).n_iter_ == 5
+    assert old.set_params(warm_start=True).fit(X_train).n_iter_ == 10
+
+
+def test_dataframe_dtypes_survive_a_warm_array_fit():
+    import pandas as pd
+
+    rng = np.random.RandomState(0)
+    df = pd.DataFrame({"a": rng.normal(size=300), "n": rng.randint(0, 5, 300)})
+    est = FlowDensity(warm_start=True, **FAST).fit(df)
+    est.fit(df.to_numpy())
+    assert est.sample(5, random_state=0, as_frame=True)["n"].dtype == df["n"].dtype

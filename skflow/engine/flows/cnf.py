@@ -68,6 +68,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
@@ -95,6 +96,8 @@ FM_EMA_DECAY = 0.999
 # Memoized pairings of fixed validation draws, one per validation chunk (of
 # 4,096 rows on a CPU); beyond this many the oldest are dropped.
 _MAX_FIXED_PAIRINGS = 64
+# False within without_log_det(): solves carry the state alone.
+_LOG_DET: ContextVar[bool] = ContextVar("skflow_cnf_log_det", default=True)
 # Rows per ODE solve when nothing is differentiated (scoring, sampling).
 _SOLVE_ROWS = 4096
 
@@ -277,8 +280,6 @@ class ContinuousFlow(Transform):
         self._nfe_train = 0
         self._n_train_solves = 0
         self._nfe_last = 0
-        # False inside without_log_det(): solves carry the state alone.
-        self.log_det = True
         # Pairings of the fixed validation draws (see _flow_matching_loss).
         self._fixed_pairings: dict[bytes, Tensor] = {}  # on the CPU, never saved
 
@@ -348,9 +349,10 @@ class ContinuousFlow(Transform):
             self._nfe_last = total_nfe
             z, ladj, reg = (torch.cat(out) for out in zip(*parts, strict=True))
             return z, ladj, reg
-        probes = self._probes(x) if self.log_det else None
-        regularize = self.regularize and self.training and self.log_det
-        state: tuple[Tensor, ...] = (x, x.new_zeros(x.shape[0])) if self.log_det else (x,)
+        log_det = _LOG_DET.get()
+        probes = self._probes(x) if log_det else None
+        regularize = self.regularize and self.training and log_det
+        state: tuple[Tensor, ...] = (x, x.new_zeros(x.shape[0])) if log_det else (x,)
         if regularize:
             state = (*state, x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0]))
         knots = torch.linspace(0.0, 1.0, len(self.blocks) + 1, dtype=x.dtype, device=x.device)
@@ -385,7 +387,7 @@ class ContinuousFlow(Transform):
         if regularize:
             sign = 1.0 if to_data else -1.0
             reg = sign * (self.kinetic_energy * state[2] + self.jacobian_norm * state[3])
-        ladj = state[1] if self.log_det else torch.full_like(reg, math.nan)
+        ladj = state[1] if log_det else torch.full_like(reg, math.nan)
         return state[0], ladj, reg
 
     def _pad(self, x: Tensor, n_draws: int, generator: torch.Generator | None) -> Tensor:
@@ -504,10 +506,6 @@ class ContinuousFlow(Transform):
             self._fixed_pairings[digest] = ot_pairing(x0, x1, group).cpu()
         return self._fixed_pairings[digest].to(x0.device)
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("log_det", True)  # pickled before it existed
-
     def __getstate__(self) -> dict:
         # Pickling and deepcopy (FlowDensity's pickles) leave the memo behind.
         state = super().__getstate__()
@@ -515,20 +513,19 @@ class ContinuousFlow(Transform):
 
 
 @contextmanager
-def without_log_det(module: nn.Module) -> Iterator[None]:
-    """Within this context the continuous flows in ``module`` map points
+def without_log_det() -> Iterator[None]:
+    """Within this context, in this thread, continuous flows map points
     without their log-determinant (reported as NaN): sampling and latent
     maps need no density, and the divergence costs one backward pass per
     dimension at every evaluation of the field (20x the time of the solve
-    itself on 30 features)."""
-    layers = [m for m in module.modules() if isinstance(m, ContinuousFlow)]
-    for layer in layers:
-        layer.log_det = False
+    itself on 30 features). A context variable, not a flag on the layers:
+    other threads, and copies or pickles of a flow taken meanwhile, keep
+    their densities."""
+    token = _LOG_DET.set(False)
     try:
         yield
     finally:
-        for layer in layers:
-            layer.log_det = True
+        _LOG_DET.reset(token)
 
 
 def build_cnf(
