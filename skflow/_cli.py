@@ -185,7 +185,7 @@ def _check_writable(out: Path) -> None:
         raise CLIError(f"--out {out}: directory {parent} is not writable.")
 
 
-def _split_weights(X, column: str, path: str):
+def _split_weights(X, column: str, path: str) -> tuple[object, np.ndarray]:
     """``X`` without its weight column (a header name, or a 1-based
     position in a file without header) and that column's values."""
     if X.shape[1] < 2:
@@ -230,18 +230,29 @@ def _fit(args: argparse.Namespace) -> None:
         # reshapes the flow is refused by fit with a message naming it.
         if args.kind is not None:
             params["kind"] = args.kind
-        est = _load(args.resume).set_params(warm_start=True, **params)
+        est = _load(args.resume)
+        was_warm, before = est.warm_start, est.n_iter_
+        est.set_params(warm_start=True, **params)
     est.set_params(verbose=args.verbose, compile=args.compile)
     start = time.perf_counter()
     est.fit(X, sample_weight=weights)
     seconds = time.perf_counter() - start
+    if args.resume is not None:
+        # --resume was for this run: the file keeps the model's own setting.
+        est.set_params(warm_start=was_warm)
     out = Path(args.out)
     est.save(out)
     rows, cols = X.shape
     if weights is not None:
         rows = int((weights > 0).sum())  # (rows of weight 0 are left out)
-    verb = "continued" if args.resume is not None else "fitted"
-    summary = f"{verb} kind={est.kind!r} on {rows} rows x {cols} columns in {est.n_iter_} epochs"
+    summary = f"on {rows} rows x {cols} columns in "
+    if args.resume is None:
+        summary = f"fitted kind={est.kind!r} {summary}{est.n_iter_} epochs"
+    else:
+        summary = (
+            f"continued kind={est.kind!r} {summary}{est.n_iter_ - before} more epochs "
+            f"({est.n_iter_} in all)"
+        )
     summary += f" ({seconds:.1f} s)"
     if est.best_validation_score_ is not None:
         summary += f", best validation score {est.best_validation_score_:.3f}"

@@ -11,6 +11,7 @@ import copy
 import inspect
 import math
 import warnings
+from collections.abc import Callable
 from numbers import Integral, Real
 
 import numpy as np
@@ -157,18 +158,18 @@ def _same_value(a, b) -> bool:
     return bool(a == b)
 
 
-def _weighted_rows(X: np.ndarray, sample_weight) -> tuple[np.ndarray, np.ndarray | None]:
+def _weighted_rows(X: np.ndarray, sample_weight: object) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows of ``X`` with a positive ``sample_weight`` and their weights
     divided by the largest, or None when all are equal (the unweighted fit).
-    A weight too small to be told from 0 next to the largest counts as 0."""
+    A weight too small to tell from 0 next to the largest counts as 0."""
     weights = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
     weights = weights / weights.max()  # (all zero is refused above)
     keep = weights > 0
     if keep.sum() < 2:
         raise ValueError(
-            f"sample_weight gives a non-zero weight to {keep.sum()} row(s) (weights below "
-            "1e-308 of the largest count as 0); a density needs at least 2 rows of positive "
-            "weight."
+            f"sample_weight gives a non-zero weight to {keep.sum()} row(s) (weights too "
+            "small to tell from 0 next to the largest, below about 5e-324 of it, count as 0); "
+            "a density needs at least 2 rows of positive weight."
         )
     X, weights = X[keep], weights[keep]
     return X, None if np.all(weights == weights[0]) else weights
@@ -779,7 +780,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "The density stays exact but may fit these rows poorly; fit with "
                 "warm_start=False to fit the fixed layers to them.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
 
     def _fit(self, X, sample_weight):
@@ -801,27 +802,37 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         device = resolve_device(self.device, dtype)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        split_rng = rng
-        if warm:
-            # New minibatch orders and noise, but the first fit's validation
-            # split (the same rows, if X is), even under random_state=None:
-            # rows validated now must not be rows trained on before.
-            seed = (seed + self.n_iter_) % np.iinfo(np.int32).max
-            if getattr(self, "_split_state", None) is not None:
-                split_rng = np.random.RandomState()
-                split_rng.set_state(self._split_state)
-        split_state = split_rng.get_state()
-
         n = X.shape[0]
+        n_val = min(max(1, int(round(self.validation_fraction * n))), n - 1)
+        split_rng, first_split = rng, getattr(self, "_split", None) if warm else None
+        if warm:
+            # New minibatch orders and noise each warm fit.
+            seed = (seed + self.n_iter_) % np.iinfo(np.int32).max
+        if first_split is not None and first_split[1] == n:
+            # As many rows as the first fit (the same rows, presumably): its
+            # split, even under random_state=None, so that no row validated
+            # now was trained on before; its validation size too.
+            split_rng = np.random.RandomState()
+            split_rng.set_state(first_split[0])
+            if self.early_stopping and not first_split[2]:
+                warnings.warn(
+                    "This warm fit holds out validation rows, but the first fit trained on "
+                    "every row (early_stopping=False): the validation scores, early stopping "
+                    "and offset_ are flattered by rows already trained on.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            n_val = first_split[2] or n_val
+        split_state = split_rng.get_state()
         order = split_rng.permutation(n)
         if self.early_stopping:
-            n_val = min(max(1, int(round(self.validation_fraction * n))), n - 1)
             val_idx, train_idx = order[:n_val], order[n_val:]
         else:
             val_idx, train_idx = None, order
         X_train = X[train_idx]
-        # Each part scaled by its own largest weight: sums of tiny weights
-        # neither underflow nor lose precision.
+        # The training part scaled by its largest weight (train_flow scales
+        # the validation part): sums of tiny weights neither underflow nor
+        # lose precision.
         w_train = None if weights is None else weights[train_idx] / weights[train_idx].max()
         w_val = None if weights is None or val_idx is None else weights[val_idx]
 
@@ -848,7 +859,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             # on a few rows do the same.
             rows = f"{n_train} row{'s' * (n_train != 1)}"
             if w_train is not None:
-                rows += f" (as many as {n_effective:.1f} equally weighted ones)"
+                rows += f", as many as {n_effective:.1f} equally weighted ones,"
             warnings.warn(
                 f"FlowDensity trains on {rows} (after the validation split) "
                 f"in {X.shape[1]} dimensions: with no more rows than features the density "
@@ -941,20 +952,18 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             kept = self.best_epoch_  # no epoch beat the warm-started weights
         self._warn_training(result, warm, previous, kept)
 
-        lattice_range = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
         if warm:
-            # Earlier epochs and the earlier training rows' range carry on.
+            # Earlier epochs carry on; the range belongs with the first fit's
+            # fixed layers and cells (sample() snaps and clips with it).
             loss_curve = self.loss_curve_ + result.loss_curve
             scores = self.validation_scores_ or [math.nan] * previous  # (none then)
             scores = scores + result.validation_scores
-            lattice_range = np.stack(
-                [
-                    np.minimum(self.lattice_range_[0], lattice_range[0]),
-                    np.maximum(self.lattice_range_[1], lattice_range[1]),
-                ]
-            )
+            lattice_range = self.lattice_range_
         else:
             loss_curve, scores = result.loss_curve, result.validation_scores
+            lattice_range = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
+        if first_split is None:
+            first_split = (split_state, n, n_val if self.early_stopping else 0)
         self.flow_ = flow
         self.device_ = device
         self.loss_curve_ = loss_curve
@@ -967,7 +976,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         self.dequantization_cells_ = cells
         self.lattice_range_ = lattice_range
         self.center_ = center
-        self._split_state = split_state
+        # The first fit's split (RandomState state, rows, validation rows)
+        # for warm fits; not saved to files.
+        self._split = first_split
         self.offset_ = self._compute_offset(X, val_idx, weights)
         # ODE-based kinds count their vector-field evaluations (fit and the
         # scoring just done).
@@ -1098,7 +1109,13 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         return float(weighted_quantile(scores, tail, weights))
 
     # -------------------------------------------------------------- scoring
-    def _map_rows(self, X: np.ndarray, fn, width: int | None, shift=None) -> np.ndarray:
+    def _map_rows(
+        self,
+        X: np.ndarray,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        width: int | None,
+        shift: np.ndarray | None = None,
+    ) -> np.ndarray:
         """``fn`` (a map of tensors on the flow's device) of the rows of
         ``X - shift``, in chunks so that memory stays bounded on huge inputs,
         as float64 with ``width`` columns (None: one value per row). Rows
@@ -1652,6 +1669,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             if k.endswith("_") and not k.startswith("_") and k != "flow_"
         }
         params = self.__dict__.get("_fitted_params") or self.get_params(deep=False)
+        # warm_start says what the next fit does, not how this flow was
+        # built: the current setting.
+        params = {**params, "warm_start": self.warm_start}
         header = {
             "class": type(self).__name__,
             "skflow_version": __version__,

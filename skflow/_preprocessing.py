@@ -160,12 +160,18 @@ def snap_to_cells(samples: np.ndarray, cells: NoiseCells, low: np.ndarray) -> np
 def weighted_quantile(values: np.ndarray, q, weights: np.ndarray | None = None):
     """Quantiles ``q`` (in [0, 1]) of ``values``: :func:`numpy.quantile`
     without ``weights``; with them, linear interpolation between the sorted
-    values placed at the midpoints of their cumulative weight."""
+    values placed at the midpoints of their cumulative weight, rescaled so
+    that the extreme values sit at 0 and 1. With equal weights that is
+    numpy's default method, so nearly equal weights give nearly numpy's
+    quantiles."""
     if weights is None:
         return np.quantile(values, q)
     order = np.argsort(values, kind="stable")
-    cum = np.cumsum(weights[order])
-    return np.interp(q, (cum - weights[order] / 2) / cum[-1], values[order])
+    w = weights[order]
+    mid = np.cumsum(w) - w / 2
+    if values.size == 1 or mid[-1] <= mid[0]:
+        return np.interp(q, [0.0, 1.0], values[order][[0, 0]])
+    return np.interp(q, (mid - mid[0]) / (mid[-1] - mid[0]), values[order])
 
 
 def weighted_lower_median(values: np.ndarray, weights: np.ndarray) -> float:

@@ -278,9 +278,12 @@ def test_fit_resume_continues_a_model(files, tmp_path, capsys):
     assert (
         main(["fit", train, "--out", str(second), "--resume", str(first), "--max-iter", "4"]) == 0
     )
-    assert "continued kind='maf' on 250 rows x 2 columns in 9 epochs" in capsys.readouterr().err
+    assert "continued kind='maf' on 250 rows x 2 columns in 4 more epochs (9 in all)" in (
+        capsys.readouterr().err
+    )
     model = FlowDensity.load(second)
     assert model.n_iter_ == 5 + 4 and model.max_iter == 4
+    assert model.warm_start is False  # --resume was for that run only
     # An option that reshapes the flow is refused, naming it.
     assert (
         main(["fit", train, "--out", str(second), "--resume", str(first), "--n-layers", "3"]) == 2

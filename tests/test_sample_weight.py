@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer
-from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.model_selection import GridSearchCV, KFold, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -114,11 +114,17 @@ def test_weights_reach_the_flow_through_pipeline_and_search(clusters):
     np.testing.assert_array_equal(pipe.score_samples(X), alone.score_samples(scaled))
     # The search fits and scores each fold with its weights (score takes
     # them, so scikit-learn does not warn of an unweighted score).
-    search = GridSearchCV(FlowDensity(**FAST), {"n_layers": [1, 2]}, cv=2)
+    cv = KFold(2, shuffle=True, random_state=0)
+    search = GridSearchCV(FlowDensity(**FAST), {"n_layers": [1, 2]}, cv=cv)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*does not support sample_weight")
         search.fit(X, sample_weight=w)
-    assert search.best_estimator_.score_samples(X).shape == (len(X),)
+    # The first fold's score is the weighted score of the weighted fit.
+    train, test = next(cv.split(X))
+    fold = FlowDensity(**{**FAST, "n_layers": 1}).fit(X[train], sample_weight=w[train])
+    expected = fold.score(X[test], sample_weight=w[test])
+    assert search.cv_results_["split0_test_score"][0] == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(fold.score(X[test]), rel=1e-3)
 
 
 def test_weighted_score(clusters):
@@ -171,9 +177,15 @@ def test_weighted_statistics_equal_those_of_repeated_rows():
     loc_r, scale_r = standardization(repeated, noise, False)
     np.testing.assert_allclose(loc_w, loc_r)
     np.testing.assert_allclose(scale_w, scale_r)
-    # Quantiles of a block of equal weights sit at its centre of mass.
-    q = weighted_quantile(np.array([0.0, 1.0]), np.array([0.1, 0.25, 0.5, 0.75]), np.ones(2))
-    np.testing.assert_allclose(q, [0.0, 0.0, 0.5, 1.0])
+    # Equal weights give numpy's quantiles; a heavier value pulls them.
+    q = np.linspace(0, 1, 11)
+    values = rng.normal(size=40)
+    np.testing.assert_allclose(
+        weighted_quantile(values, q, np.full(40, 0.3)), np.quantile(values, q)
+    )
+    heavy = np.ones(40)
+    heavy[np.argmax(values)] = 100.0
+    assert weighted_quantile(values, 0.5, heavy) > np.quantile(values, 0.9)
 
 
 def test_tiny_and_huge_weights():
@@ -232,7 +244,7 @@ def test_few_effective_rows_warn():
     do: fit says so."""
     X = np.random.RandomState(0).normal(size=(500, 3))
     w = np.r_[np.ones(3), np.full(497, 1e-12)]
-    with pytest.warns(UserWarning, match=r"as many as \d+\.\d equally weighted ones"):
+    with pytest.warns(UserWarning, match=r"as many as \d+\.\d equally weighted ones,"):
         FlowDensity(**FAST).fit(X, sample_weight=w)
 
 
@@ -246,7 +258,12 @@ def test_metadata_routing():
     with sklearn.config_context(enable_metadata_routing=True):
         est = FlowDensity(**FAST).set_fit_request(sample_weight=True)
         est.set_score_request(sample_weight=True)
-        search = GridSearchCV(est, {"n_layers": [1, 2]}, cv=2).fit(X, sample_weight=w)
+        cv = KFold(2, shuffle=True, random_state=0)
+        search = GridSearchCV(est, {"n_layers": [1, 2]}, cv=cv).fit(X, sample_weight=w)
+        train, test = next(cv.split(X))
+        fold = clone(est).set_params(n_layers=1).fit(X[train], sample_weight=w[train])
+        expected = fold.score(X[test], sample_weight=w[test])
+        assert search.cv_results_["split0_test_score"][0] == pytest.approx(expected, rel=1e-6)
         scaler = StandardScaler().set_fit_request(sample_weight=False)
         pipe = make_pipeline(scaler, clone(est)).fit(X, sample_weight=w)
     assert search.best_estimator_.n_features_in_ == 2

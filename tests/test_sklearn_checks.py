@@ -29,7 +29,7 @@ ESTIMATORS = [
 ]
 # Training draws its validation split and minibatches over rows, so an
 # integer weight is close to, but not bit for bit, a repeated row
-# (tests/test_sample_weight.py checks how close); weights of zero are exactly
+# (tests/test_sample_weight.py checks the weighted statistics); weights of zero are exactly
 # removed rows.
 EXPECTED_FAILURES = {
     "check_sample_weight_equivalence_on_dense_data": (

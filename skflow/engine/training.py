@@ -99,7 +99,7 @@ class _WeightedDraws:
 
     def __init__(self, weights: Tensor) -> None:
         cdf = torch.cumsum(_scaled_weights(weights), 0)
-        self.cdf = cdf / cdf[-1].clone()  # ends at exactly 1
+        self.cdf = cdf / cdf[-1]  # ends at exactly 1
 
     def epoch(self, generator: torch.Generator | None) -> Tensor:
         n = self.cdf.shape[0]

@@ -517,7 +517,7 @@ def without_log_det() -> Iterator[None]:
     """Within this context, in this thread, continuous flows map points
     without their log-determinant (reported as NaN): sampling and latent
     maps need no density, and the divergence costs one backward pass per
-    dimension at every evaluation of the field (20x the time of the solve
+    dimension at every evaluation of the field (8-16x the time of the solve
     itself on 30 features). A context variable, not a flag on the layers:
     other threads, and copies or pickles of a flow taken meanwhile, keep
     their densities."""
