@@ -740,7 +740,14 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def _check_warm_start(self) -> None:
         """Refuse to continue a flow whose shape the parameters now change."""
-        fitted = getattr(self, "_fitted_params", {})
+        fitted = dict(getattr(self, "_fitted_params", {}))
+        # Widths compare as built: "auto" (which a warm fit does not
+        # re-resolve), an int or a tuple naming the fitted widths is no change.
+        if self.hidden_units == "auto" or (
+            not isinstance(self.hidden_units, str)
+            and _same_value(self._hidden_units(0), self.hidden_units_)
+        ):
+            fitted.pop("hidden_units", None)
         changed = [
             name
             for name in _SHAPE_PARAMS

@@ -69,6 +69,12 @@ def test_changes_that_reshape_the_flow_are_refused(cancer):
             FlowDensity(warm_start=True, **FAST).fit(X_train).set_params(**params).fit(X_train)
     with pytest.raises(ValueError, match="features"):
         est.fit(X_train[:, :5])
+    # The fitted widths named another way are no change.
+    auto = FlowDensity(warm_start=True, **{**FAST, "hidden_units": "auto"}).fit(X_train)
+    for same in ((32, 32), [32, 32], 32, "auto"):
+        assert auto.set_params(hidden_units=same, max_iter=1).fit(X_train).hidden_units_ == (32, 32)
+    with pytest.raises(ValueError, match="hidden_units changed"):
+        auto.set_params(hidden_units=16).fit(X_train)
     # warm_start=False fits anew, whatever changed.
     assert est.set_params(warm_start=False, n_layers=3).fit(X_train[:, :5]).n_features_in_ == 5
 
