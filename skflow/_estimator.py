@@ -122,6 +122,31 @@ def _check_fitted(fitted: dict, cls: type) -> None:
         raise ValueError("dequantization_cells_ is not one cell description per feature")
 
 
+def _checked_split(split: object) -> tuple:
+    """A validation split read from a model file: ``(RandomState state,
+    rows, validation rows)``; ValueError for anything fit could not have
+    written."""
+    ok = (
+        isinstance(split, tuple)
+        and len(split) == 3
+        and all(isinstance(v, Integral) and not isinstance(v, bool) for v in split[1:])
+        and 0 <= split[2] < split[1]
+        and isinstance(split[0], tuple)
+        and len(split[0]) == 5
+        and isinstance(split[0][1], np.ndarray)
+        and split[0][1].shape == (624,)
+        and split[0][1].dtype == np.uint32
+    )
+    if ok:
+        try:
+            np.random.RandomState().set_state(split[0])
+        except (TypeError, ValueError):
+            ok = False
+    if not ok:
+        raise ValueError("its validation split is not one fit could have written")
+    return split
+
+
 def _center(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """A training value per column (the lower median) that the flow's input
     is shifted by, in float64, before it becomes a tensor: float32 then
@@ -1686,6 +1711,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             "params": {k: _persistence.encode(v, k) for k, v in params.items()},
             "fitted": {k: _persistence.encode(v, k) for k, v in fitted.items()},
         }
+        if getattr(self, "_split", None) is not None:
+            # The first fit's validation split, for warm fits of the loaded
+            # model (a RandomState state and two sizes).
+            header["split"] = _persistence.encode(self._split, "_split")
         _persistence.write(path, header, self.flow_.state_dict())
         return self
 
@@ -1753,6 +1782,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             _persistence.check_tensors(flow.state_dict(), tensors)
             # (check_tensors: the file's dtypes are those of the dtype parameter.)
             flow.load_state_dict(tensors, strict=True, assign=True)
+            split = (
+                _checked_split(_persistence.decode(header["split"])) if "split" in header else None
+            )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             problem = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ValueError(
@@ -1764,6 +1796,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             setattr(est, name, value)
         est._fitted_params = copy.deepcopy(est.get_params(deep=False))
         est._fill_fitted_defaults()
+        if split is not None:
+            est._split = split
         saved_device = fitted.get("device_", torch.device("cpu"))
         if device is not None:
             est.device_ = resolve_device(device, _DTYPES[est.dtype])

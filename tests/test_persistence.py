@@ -250,6 +250,16 @@ def _resave(path, edit_header=None, edit_tensors=None):
             lambda t: t.update({"base._anchor": t["base._anchor"].half()}),
             "base._anchor .* torch.float16 instead of .* torch.float32",
         ),
+        (
+            lambda h: h["split"]["__tuple__"].__setitem__(2, 10**9),
+            None,
+            "its validation split is not one fit could have written",
+        ),
+        (
+            lambda h: h["split"]["__tuple__"][0]["__tuple__"].__setitem__(0, "PCG64"),
+            None,
+            "its validation split is not one fit could have written",
+        ),
     ],
     ids=[
         "layers",
@@ -264,6 +274,8 @@ def _resave(path, edit_header=None, edit_tensors=None):
         "lattice",
         "cells",
         "float16",
+        "split size",
+        "split generator",
     ],  # fmt: skip
 )
 def test_incompatible_contents_fail_clearly(saved, edit_header, edit_tensors, match):

@@ -103,12 +103,17 @@ def test_failed_warm_fit_keeps_the_model(cancer, monkeypatch):
 
 
 def test_warm_start_from_a_saved_model(cancer, tmp_path):
-    X_train, X_test = cancer
-    est = FlowDensity(**FAST).fit(X_train)
+    """A saved model continues, on the first fit's validation rows even with
+    random_state=None (the file keeps the split: CLI fit --resume relies on it)."""
+    X_train, _ = cancer
+    est = FlowDensity(n_layers=2, hidden_units=16, max_iter=5).fit(X_train)
     est.save(tmp_path / "m.skflow")
     loaded = FlowDensity.load(tmp_path / "m.skflow").set_params(warm_start=True, max_iter=3)
     loaded.fit(X_train)
     assert loaded.n_iter_ == est.n_iter_ + 3
+    loaded = FlowDensity.load(tmp_path / "m.skflow")
+    loaded.set_params(warm_start=True, max_iter=2, learning_rate=1e-12).fit(X_train)
+    assert loaded.offset_ == pytest.approx(est.offset_, rel=1e-6)
 
 
 def test_warm_fits_keep_the_validation_rows(cancer):
