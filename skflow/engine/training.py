@@ -104,7 +104,9 @@ class _WeightedDraws:
     def epoch(self, generator: torch.Generator | None) -> Tensor:
         n = self.cdf.shape[0]
         offset = torch.rand(1, generator=generator, dtype=torch.float64)
-        points = (torch.arange(n, dtype=torch.float64) + offset) / n  # all below 1
+        # Points in [0, 1] (1 only by rounding): the cdf ends at exactly 1,
+        # so searchsorted never returns n.
+        points = (torch.arange(n, dtype=torch.float64) + offset) / n
         rows = torch.searchsorted(self.cdf, points)
         return rows[torch.randperm(n, generator=generator)]
 
