@@ -61,7 +61,9 @@ def _measure(model: str, n_rows: int, mode: str) -> dict:
         out = est.sample(n_rows, random_state=0)
     elif mode == "unbatched":
         with torch.inference_mode():
-            out = est.flow_.log_prob(torch.tensor(X, dtype=torch.float32)).double().numpy()
+            # The rows shifted as fit shifted them, as score_samples does.
+            rows = torch.tensor(X - est.center_, dtype=torch.float32)
+            out = est.flow_.log_prob(rows).double().numpy()
     else:
         out = est.score_samples(X)
     seconds = time.perf_counter() - start
@@ -87,7 +89,7 @@ def _in_child(model: str, n_rows: int, mode: str) -> dict:
         text=True,
         cwd=Path(__file__).resolve().parents[1],
     )
-    if out.returncode != 0:  # e.g. killed for memory: show why, keep the other runs
+    if out.returncode != 0:  # e.g. killed for memory: say why and stop
         raise SystemExit(f"{n_rows} rows ({mode}) failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -222,8 +222,9 @@ def _estimator(kind: str, max_iter: int = EPOCHS) -> FlowDensity:
 
 def skflow_fit(kind: str, X: np.ndarray) -> dict[str, float]:
     """Seconds of ``FlowDensity.fit`` (EPOCHS epochs), of its training loop
-    alone (:func:`~skflow.engine.train_flow` with the same validation split
-    on the same flow), of that loop with ``compile=True`` (its one-off
+    alone (:func:`~skflow.engine.train_flow` on the same flow, with a
+    validation split of the same size: the rows are i.i.d., so which rows
+    does not matter for the time), of that loop with ``compile=True`` (its one-off
     compilation timed apart, in ``"compile"``), and the number of steps."""
     _estimator(kind, max_iter=1).fit(X[: WARMUP * BATCH])  # warm-up
     est = _estimator(kind)
@@ -251,7 +252,7 @@ def skflow_fit(kind: str, X: np.ndarray) -> dict[str, float]:
     try:
         for name, compile in (("loop", False), ("loop compiled", True)):
             flow = est._build_flow(X.shape[1], HIDDEN)
-            est._fit_preprocessing(flow, X[n_val:], center)
+            est._fit_preprocessing(flow, X[n_val:], center, None)
             start = clock()
             result = train_flow(
                 flow,

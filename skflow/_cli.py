@@ -266,10 +266,10 @@ def _load(path: str) -> FlowDensity:
 
 
 def _score(args: argparse.Namespace) -> None:
+    est = _load(args.model)
+    X = read_table(args.data, args.header)  # (says how to install pandas if missing)
     import pandas as pd
 
-    est = _load(args.model)
-    X = read_table(args.data, args.header)
     if args.weight_column is not None:
         X = _split_weights(X, args.weight_column, args.data)[0]
     log_density = est.score_samples(X)
@@ -315,6 +315,11 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"skflow {__version__}")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, show Python's full traceback instead of one line (for bug reports)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add_header_flags(sub: argparse.ArgumentParser) -> None:
@@ -442,7 +447,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "skflow") -> int:
         except (CLIError, OSError, ValueError, TypeError) as exc:
             # OSError: unreadable/unwritable paths; ValueError/TypeError: the
             # estimator's own messages (bad parameters, damaged model files,
-            # columns that differ from the training file).
+            # columns that differ from the training file). A bug raises these
+            # too: --traceback shows where.
+            if args.traceback:
+                raise
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
             return EXIT_USAGE
     return 0

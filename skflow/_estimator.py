@@ -1,8 +1,9 @@
 """The scikit-learn layer: parameters, validation, numpy in and out, outlier API.
 
-This is the only module that imports scikit-learn. It turns arrays into
-tensors, builds the torch flow late (in ``fit``), hands it to the engine's
-training loop, and keeps the fitted flow so that it pickles anywhere.
+The engine (``skflow.engine``) never imports scikit-learn; this module and
+the other ``skflow/_*.py`` helpers do. It turns arrays into tensors, builds
+the torch flow late (in ``fit``), hands it to the engine's training loop, and
+keeps the fitted flow so that it pickles anywhere.
 """
 
 from __future__ import annotations
@@ -609,8 +610,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         if not hasattr(body, "training_loss"):
             # Identity within TAIL_START of the latent's centre, logarithmic
             # beyond: a far-out query scores a large negative log-density
-            # instead of the body's exponential blow-up squared. Kinds with an
-            # objective of their own (flow matching) keep a plain Gaussian.
+            # instead of the body's exponential blow-up squared. Continuous
+            # flows (an objective of their own: flow matching, or FFJORD's
+            # ODE likelihood) keep a plain Gaussian.
             layers.append(LogTails(TAIL_START))
         return Flow(Compose(*layers), StandardNormal(n_features))
 
@@ -641,7 +643,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             X, noise_var = X.cpu().double().numpy(), np.zeros_like(noise_var)
         loc, scale = standardization(X, noise_var, self.whiten, weights)
         layers[1 if self.gaussianize else 0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
-        # float64, not the buffer's dtype: sample() snaps onto this lattice.
+        # The widths in float64 (the buffer has the flow's dtype): sample()
+        # snaps onto their lattice.
         return widths, cells, half
 
     def _validate_X(self, X, **kwargs) -> np.ndarray:
@@ -827,8 +830,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             X, weights = _weighted_rows(X, sample_weight)
         center = self.center_ if warm else _center(X, weights)
         with np.errstate(over="ignore"):  # (overflow is what the check reports)
-            self._check_representable(X - center)
-        # (fails fast, before any torch work)
+            self._check_representable(X - center)  # fails fast, before any torch work
         hidden_units = self.hidden_units_ if warm else self._hidden_units(len(X))
         dtype = _DTYPES[self.dtype]
         device = resolve_device(self.device, dtype)
@@ -1631,14 +1633,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 setattr(self, name, param.default)
         self._fill_fitted_defaults()
         if "flow_" in self.__dict__ and "_fitted_params" not in self.__dict__:
-            # Pickled before fit recorded them: the parameters as pickled,
-            # so set_params after unpickling does not change what save writes
-            # (unless the pickle predates a parameter: then save writes the
-            # current ones, as it always did).
-            try:
-                self._fitted_params = copy.deepcopy(self.get_params(deep=False))
-            except AttributeError:
-                pass
+            # Pickled before fit recorded them: the parameters as pickled
+            # (missing ones at their defaults, above), so set_params after
+            # unpickling does not change what save writes.
+            self._fitted_params = copy.deepcopy(self.get_params(deep=False))
         if "flow_" not in self.__dict__:
             return
         device = _usable_device(self.__dict__.get("device_", torch.device("cpu")))

@@ -1,7 +1,8 @@
 """Data statistics that the estimator bakes into the flow's fixed first layer.
 
-Numpy only. Everything computed here ends up in buffers of the flow, so the
-reported density stays exact in the user's units.
+Numpy and scipy (and scikit-learn's Ledoit-Wolf shrinkage), no torch.
+Everything computed here ends up in buffers of the flow, so the reported
+density stays exact in the user's units.
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ def epoch_progress(verbose: int, max_iter: int, desc: str) -> Iterator[EpochCall
 
     With ``verbose == 0`` it yields None (the training loop then reports
     nothing). With ``verbose >= 1`` the callback advances a progress bar over
-    ``max_iter`` epochs showing the training and validation loss; with
+    ``max_iter`` epochs showing the training and validation loss (the
+    negative log-likelihood per row, or flow matching's regression loss, as in
+    ``loss_curve_``); with
     ``verbose >= 2`` it also writes one line per epoch (kept in logs). The bar
     is closed however training ends: early stopping, a time budget, or an
     exception.
@@ -47,10 +49,10 @@ def epoch_progress(verbose: int, max_iter: int, desc: str) -> Iterator[EpochCall
     bar = tqdm(total=max_iter, desc=desc, unit="epoch", dynamic_ncols=True, leave=True)
 
     def on_epoch(epoch: int, train_loss: float, val_score: float | None) -> None:
-        postfix = {"train NLL": f"{train_loss:.4f}"}
+        postfix = {"train loss": f"{train_loss:.4f}"}
         if val_score is not None:
             # Reported as a loss too, so both numbers read "lower is better".
-            postfix["val NLL"] = f"{-val_score:.4f}"
+            postfix["val loss"] = f"{-val_score:.4f}"
         bar.set_postfix(postfix, refresh=False)
         bar.update(epoch - bar.n)
         if verbose >= 2:

@@ -183,6 +183,13 @@ def test_usage_errors_are_one_line_with_status_2(argv, capsys):
     assert err.count("\n") == 1 and "error:" in err and "--help" in err
 
 
+def test_traceback_flag_shows_where_an_error_came_from(files, tmp_path):
+    pd.read_csv(files / "new.csv")[["height", "width"]].to_csv(tmp_path / "s.csv", index=False)
+    argv = ["score", str(files / "model.skflow"), str(tmp_path / "s.csv")]
+    with pytest.raises(ValueError, match="feature names should match"):
+        main(["--traceback", *argv])
+
+
 def test_help_is_useful(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--help"])

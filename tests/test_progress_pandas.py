@@ -37,8 +37,8 @@ def test_verbose_shows_a_bar_with_epoch_and_losses(moons, capfd):
     final = err.replace("\r", "\n").strip().splitlines()[-1]
     assert "FlowDensity('maf')" in final
     assert f"{est.n_iter_}/{FAST['max_iter']}" in final
-    assert f"train NLL={est.loss_curve_[-1]:.4f}" in final
-    assert f"val NLL={-est.validation_scores_[-1]:.4f}" in final
+    assert f"train loss={est.loss_curve_[-1]:.4f}" in final
+    assert f"val loss={-est.validation_scores_[-1]:.4f}" in final
 
 
 def test_verbose_2_writes_a_line_per_epoch(moons, capfd):
@@ -46,7 +46,7 @@ def test_verbose_2_writes_a_line_per_epoch(moons, capfd):
     _, err = capfd.readouterr()
     lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("epoch")]
     assert len(lines) == est.n_iter_
-    assert "val NLL" not in err  # no validation split without early stopping
+    assert "val loss" not in err  # no validation split without early stopping
 
 
 @pytest.fixture
