@@ -59,7 +59,7 @@ def fit_and_score(est: FlowDensity, X_train: np.ndarray, X_test: np.ndarray) -> 
     if hasattr(est, "nfe_"):
         row["nfe_fit_per_solve"] = est.nfe_["fit_per_solve"]
         # The scoring above was the last solve: NFE to score the test rows.
-        row["nfe_score"] = est.flow_.transform.transforms[-1].nfe["last_solve"]
+        row["nfe_score"] = est.flow_.own_objective.nfe["last_solve"]
     return row
 
 

@@ -47,9 +47,8 @@ from skflow._preprocessing import (
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.diagnostics import round_trip_error
-from skflow.engine.flows.cnf import without_log_det
 from skflow.engine.training import eval_chunk
-from skflow.engine.transforms import Affine, Compose, LogTails, PiecewiseLinear
+from skflow.engine.transforms import Affine, Compose, LogTails, PiecewiseLinear, without_log_det
 from skflow.exceptions import InvertibilityWarning
 
 # Under contamination="auto", the offset is this quantile of the scores of
@@ -634,7 +633,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         if self.gaussianize:
             x_knots, z_knots = gaussianizing_knots(X, half, weights=weights)
             layers[0].reset(torch.as_tensor(x_knots), torch.as_tensor(z_knots))
-            # Whiten what the marginal layer outputs, noise included.
+            # Whiten what the marginal layer outputs, noise included (one
+            # fixed draw, as in gaussianizing_knots).
             jitter = np.random.RandomState(0).uniform(-0.5, 0.5, size=X.shape) * 2 * half
             knots = layers[0].x_knots  # already on the flow's device
             noisy = torch.as_tensor(X + jitter, dtype=knots.dtype, device=knots.device)
@@ -922,7 +922,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             batch_size = min(len(train_idx), int(np.clip(len(train_idx) // 8, 64, 256)))
         else:
             batch_size = self.batch_size
-        min_rows = getattr(flow.transform.transforms[-1], "min_batch_rows", 1)
+        min_rows = getattr(flow.own_objective, "min_batch_rows", 1)
         if batch_size < min_rows:
             raise ValueError(
                 f"kind={self.kind!r} trained by flow matching gives each of its {min_rows} "
@@ -1016,7 +1016,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         self.offset_ = self._compute_offset(X, val_idx, weights)
         # ODE-based kinds count their vector-field evaluations (fit and the
         # scoring just done).
-        nfe = getattr(flow.transform.transforms[-1], "nfe", None)
+        nfe = getattr(flow.own_objective, "nfe", None)
         if nfe is not None:
             self.nfe_ = dict(nfe)
         else:
@@ -1114,7 +1114,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         # solver tolerance, which the layer reports.
         tolerance = max(
             INVERTIBILITY_TOL[self.dtype],
-            getattr(self.flow_.transform.transforms[-1], "round_trip_tolerance", 0.0),
+            getattr(self.flow_.own_objective, "round_trip_tolerance", 0.0),
         )
         if not error <= tolerance:
             warnings.warn(
@@ -1366,7 +1366,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def _check_bijective(self, what: str, fitted: bool = True) -> None:
         if fitted:
-            augmented = getattr(self.flow_.transform.transforms[-1], "augment_dims", 0)
+            augmented = getattr(self.flow_.own_objective, "augment_dims", 0)
         else:
             augmented = self.kind == "cnf" and (self.kind_options or {}).get("augment_dims")
         if augmented:

@@ -305,7 +305,7 @@ def _log_marginal(
 
 
 def gaussianizing_knots(
-    X: np.ndarray, half: np.ndarray, seed: int = 0, weights: np.ndarray | None = None
+    X: np.ndarray, half: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Knots ``(x, z)`` of shape ``(n_features, N_KNOTS)`` of a monotone
     piecewise-linear map of each feature towards a standard normal.
@@ -324,7 +324,9 @@ def gaussianizing_knots(
     """
     n_rows, n_features = X.shape
     n = effective_rows(n_rows, weights)
-    rng = np.random.RandomState(seed)
+    # A fixed seed, not fit's random_state: the fixed layers (and so the
+    # reported density) depend on the data alone, as a GMM's or KDE's would.
+    rng = np.random.RandomState(0)
     draws = max(1, min(8, _MAX_POOLED // max(n_rows, 1)))
     noise = (rng.uniform(size=(draws, *X.shape)) - 0.5) * 2 * half
     # A feature without noise has nothing to pool: one copy, whose

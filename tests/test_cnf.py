@@ -21,6 +21,7 @@ from skflow import FlowDensity
 from skflow.engine import Flow, StandardNormal, build_transform, ode
 from skflow.engine.flows import cnf as cnf_module
 from skflow.engine.ode import Dynamics, TimeMLP, draw_probes, ot_pairing
+from skflow.engine.transforms import Compose
 
 
 def _cnf(d: int, **options) -> torch.nn.Module:
@@ -101,17 +102,17 @@ def test_hutchinson_is_unbiased(probe):
     t = torch.tensor(0.3, dtype=torch.float64)
     exact = dyn(t, (x, x.new_zeros(6)))[1]
     n_draws = 4000
-    dyn.probes = draw_probes(n_draws, x, probe)
+    probes = draw_probes(n_draws, x, probe)
     # One estimate per probe: E[eps^T J eps] with a single eps.
     with torch.enable_grad():
         xg = x.clone().requires_grad_(True)
         f = field(t, xg)
-        (vjp,) = torch.autograd.grad(f, xg, dyn.probes, is_grads_batched=True)
-    single = (vjp * dyn.probes).sum(-1)  # (n_draws, rows)
+        (vjp,) = torch.autograd.grad(f, xg, probes, is_grads_batched=True)
+    single = (vjp * probes).sum(-1)  # (n_draws, rows)
     mean, sem = single.mean(0), single.std(0) / math.sqrt(n_draws)
     assert torch.all((mean - exact).abs() < 4.5 * sem), (mean, exact, sem)
     # Dynamics averages its probes into the same estimator.
-    torch.testing.assert_close(dyn(t, (x, x.new_zeros(6)))[1], mean)
+    torch.testing.assert_close(dyn(t, (x, x.new_zeros(6)), probes)[1], mean)
     # A real check: the estimates vary (so the test above can fail).
     assert torch.all(sem > 0)
 
@@ -147,7 +148,7 @@ def test_large_scoring_calls_are_solved_in_chunks(monkeypatch):
 @pytest.mark.parametrize("trace", ["exact", "hutchinson"])
 def test_adjoint_gradients_match_backprop(trace, n_layers):
     x = torch.randn(16, 2, dtype=torch.float64)
-    grads = []
+    grads, nfe = [], []
     for adjoint in (False, True):
         cnf = _random_field_cnf(
             2,
@@ -162,7 +163,29 @@ def test_adjoint_gradients_match_backprop(trace, n_layers):
         torch.manual_seed(5)  # the same Hutchinson probes in both runs
         cnf.training_loss(x, x.new_zeros(16)).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in cnf.parameters()]))
+        nfe.append(cnf.nfe)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    # The adjoint's backward solves are counted with the forward ones.
+    forward = nfe[0]["last_solve"]
+    assert nfe[0]["fit_total"] == forward
+    assert nfe[1]["fit_total"] > nfe[1]["last_solve"] >= forward - 6
+
+
+def test_threads_scoring_one_flow_keep_their_own_probes_and_counts():
+    # Hutchinson scoring draws probes per call: two threads scoring the same
+    # flow at once must each get their single-threaded result.
+    from concurrent.futures import ThreadPoolExecutor
+
+    cnf = _random_field_cnf(3, trace="hutchinson", score_probes=8)
+    batches = [torch.randn(n, 3, dtype=torch.float64) for n in (5, 9, 5, 9, 7, 11)]
+    with torch.no_grad():
+        alone = [cnf(b)[1] for b in batches]
+        with ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(lambda b: cnf(b)[1], batches * 4))
+    # (Equal up to rounding: BLAS may sum in another order in another thread;
+    # another call's probes would move scores by about 0.1.)
+    for got, want in zip(together, alone * 4, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
 
 
 def test_augmented_density_integrates_to_one():
@@ -389,6 +412,21 @@ def test_flow_matching_keeps_the_weight_average(monkeypatch):
     averaged, raw = last_layer_norm(0.999, False), last_layer_norm(0.0, False)
     assert len(swaps) == 2 * 5 + 1
     assert averaged < 0.95 * raw
+
+
+def test_a_bare_continuous_flow_keeps_its_objective_and_average():
+    # A Flow over the continuous flow itself (no Compose around it) trains
+    # it the same way: its own loss and its moving average.
+    from skflow.engine import train_flow
+
+    cnf = build_transform("cnf", 2, n_layers=1, hidden_units=(8, 8))
+    for flow in (Flow(cnf, StandardNormal(2)), Flow(Compose(cnf), StandardNormal(2))):
+        assert flow.own_objective is cnf and flow.ema_decay == cnf.ema_decay > 0
+    X = torch.randn(64, 2)
+    result = train_flow(
+        Flow(cnf, StandardNormal(2)), X, None, max_iter=2, batch_size=32, learning_rate=1e-3
+    )
+    assert result.n_iter == 2 and cnf.nfe["fit_total"] == 0  # flow matching: no solve
 
 
 def test_ema_average_and_swap():

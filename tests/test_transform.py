@@ -182,7 +182,7 @@ def test_no_log_det_context_is_per_thread_and_not_pickled():
     import pickle
     import threading
 
-    from skflow.engine.flows.cnf import without_log_det
+    from skflow.engine.transforms import without_log_det
 
     X = load_wine().data[:, :4]
     est = FlowDensity("cnf", n_layers=1, hidden_units=8, max_iter=3, random_state=0).fit(X)

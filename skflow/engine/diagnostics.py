@@ -11,7 +11,7 @@ from skflow.engine.transforms import Transform
 
 
 @torch.no_grad()
-def round_trip_error(transform: Transform, x: Tensor, chunk: int = EVAL_CHUNK) -> Tensor:
+def round_trip_error(transform: Transform, x: Tensor) -> Tensor:
     """Elementwise ``|x - T^{-1}(T(x))|`` (same shape as ``x``), evaluated in chunks.
 
     Exact arithmetic gives zero; in floating point a healthy flow gives a few
@@ -20,8 +20,8 @@ def round_trip_error(transform: Transform, x: Tensor, chunk: int = EVAL_CHUNK) -
     back as ``inf``, as do rows of an ODE solve whose step size underflows.
     """
     out = []
-    for start in range(0, x.shape[0], chunk):
-        rows = x[start : start + chunk]
+    for start in range(0, x.shape[0], EVAL_CHUNK):
+        rows = x[start : start + EVAL_CHUNK]
         try:
             back, _ = transform.inverse(transform(rows)[0])
         except SolverUnderflow:

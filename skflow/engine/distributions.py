@@ -14,6 +14,11 @@ _LOG_2PI = math.log(2 * math.pi)
 SAMPLE_CHUNK = 65536
 
 
+def std_normal_log_prob(z: Tensor) -> Tensor:
+    """Log-density of the standard normal on the last dimension of ``z``."""
+    return -0.5 * (z.square().sum(-1) + z.shape[-1] * _LOG_2PI)
+
+
 class StandardNormal(nn.Module):
     """Standard normal on ``R^D``; the latent distribution of every flow."""
 
@@ -24,7 +29,7 @@ class StandardNormal(nn.Module):
         self.register_buffer("_anchor", torch.zeros(()))
 
     def log_prob(self, z: Tensor) -> Tensor:
-        return -0.5 * (z.square().sum(-1) + self.n_features * _LOG_2PI)
+        return std_normal_log_prob(z)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         # Draw on the generator's device (CPU for reproducibility), then move.
@@ -51,13 +56,30 @@ class Flow(nn.Module):
         self.register_buffer("dequantization", torch.zeros(base.n_features))
 
     @property
+    def layers(self) -> list[Transform]:
+        """The transform's layers in order (the transform itself when it is
+        not a :class:`~skflow.engine.transforms.Compose`)."""
+        if isinstance(self.transform, Compose):
+            return list(self.transform.transforms)
+        return [self.transform]
+
+    @property
+    def own_objective(self) -> Transform | None:
+        """The last layer when it has a ``training_loss(x, ladj)`` of its
+        own (a continuous flow), else None. It also carries that layer's
+        settings that training and the estimator read (``ema_decay``,
+        ``min_batch_rows``, ``nfe``, ...)."""
+        layers = self.layers
+        last = layers[-1] if layers else None
+        return last if hasattr(last, "training_loss") else None
+
+    @property
     def ema_decay(self) -> float | None:
         """Decay of the exponential moving average of the weights that
         training validates and keeps, if the last layer asks for one (flow
         matching: its noisy regression gradients leave the raw weights
         jittering around a better average)."""
-        layers = self.transform.transforms if isinstance(self.transform, Compose) else []
-        return getattr(layers[-1], "ema_decay", None) if len(layers) else None
+        return getattr(self.own_objective, "ema_decay", None)
 
     def log_prob(self, x: Tensor) -> Tensor:
         z, ladj = self.transform(x)
@@ -71,19 +93,14 @@ class Flow(nn.Module):
         through the layers in front of it (fixed preprocessing) and their
         log-determinant ``ladj``.
         """
-        layers = (
-            list(self.transform.transforms)
-            if isinstance(self.transform, Compose)
-            else [self.transform]
-        )
-        own_loss = getattr(layers[-1], "training_loss", None) if layers else None
-        if own_loss is None:
+        own = self.own_objective
+        if own is None:
             return -self.log_prob(x)
         ladj = x.new_zeros(x.shape[0])
-        for layer in layers[:-1]:
+        for layer in self.layers[:-1]:
             x, layer_ladj = layer(x)
             ladj = ladj + layer_ladj
-        return own_loss(x, ladj)
+        return own.training_loss(x, ladj)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         z = self.base.sample(n, generator)

@@ -28,7 +28,6 @@ class MLP(nn.Sequential):
         out_features: int,
         hidden_units: Sequence[int],
         activation: type[nn.Module] = nn.ReLU,
-        zero_init: bool = True,
     ) -> None:
         self.constant_input = in_features == 0
         layers: list[nn.Module] = []
@@ -37,8 +36,7 @@ class MLP(nn.Sequential):
             layers += [nn.Linear(width, h), activation()]
             width = h
         last = nn.Linear(width, out_features)
-        if zero_init:
-            _zero_last(last)
+        _zero_last(last)
         super().__init__(*layers, last)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -60,9 +58,9 @@ def _chain(layers: nn.Sequential, x: Tensor) -> Tensor:
 class MaskedLinear(nn.Linear):
     """Linear layer whose weight is multiplied by a fixed 0/1 mask."""
 
-    def __init__(self, mask: Tensor, bias: bool = True) -> None:
+    def __init__(self, mask: Tensor) -> None:
         out_features, in_features = mask.shape
-        super().__init__(in_features, out_features, bias=bias)
+        super().__init__(in_features, out_features)
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
     def forward(self, x: Tensor) -> Tensor:

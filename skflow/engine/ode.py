@@ -126,23 +126,25 @@ class Dynamics(nn.Module):
     derivatives are ``(f, tr(df/dx)[, |f|^2, |df/dx|_F^2])`` per row (the
     regularizers when the state carries them). A state ``(x,)`` gets ``(f,)``
     only: mapping points without their density skips the divergence, which
-    costs one backward pass per dimension. Set
-    :attr:`probes` (shape ``(n_probes, batch, dim)``) for Hutchinson's
-    estimate, or leave it None for the exact trace. :attr:`create_graph`
-    says whether the solve is differentiated (training, autograd Jacobians);
-    otherwise each evaluation builds a local graph for the divergence only and
-    returns detached values. :attr:`nfe` counts evaluations.
+    costs one backward pass per dimension. ``probes`` (shape ``(n_probes,
+    batch, dim)``) give Hutchinson's estimate, None the exact trace.
+    ``create_graph`` says whether the solve is differentiated (training,
+    autograd Jacobians); otherwise each evaluation builds a local graph for
+    the divergence only and returns detached values. A solver calls
+    :class:`SolveDynamics`, which binds those two for one solve.
     """
 
     def __init__(self, field: nn.Module) -> None:
         super().__init__()
         self.field = field
-        self.probes: Tensor | None = None
-        self.create_graph = False
-        self.nfe = 0
 
-    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        self.nfe += 1
+    def forward(
+        self,
+        t: Tensor,
+        state: tuple[Tensor, ...],
+        probes: Tensor | None = None,
+        create_graph: bool = False,
+    ) -> tuple[Tensor, ...]:
         x = state[0]
         if len(state) == 1:  # the state alone: no divergence wanted
             return (self.field(t, x),)
@@ -154,16 +156,16 @@ class Dynamics(nn.Module):
             x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             f = self.field(t, x)
-            if self.probes is None:
+            if probes is None:
                 eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
                 vectors = eye[:, None, :].expand(x.shape[1], *x.shape)
             else:
-                vectors = self.probes
+                vectors = probes
             # vjp[k] = vectors[k]^T df/dx, all vectors in one batched backward.
             (vjp,) = torch.autograd.grad(
-                f, x, vectors, create_graph=self.create_graph, is_grads_batched=True
+                f, x, vectors, create_graph=create_graph, is_grads_batched=True
             )
-        if self.probes is None:
+        if probes is None:
             div = torch.einsum("ibi->b", vjp)
         else:
             div = (vjp * vectors).sum(-1).mean(0)
@@ -172,8 +174,27 @@ class Dynamics(nn.Module):
             kinetic = f.square().sum(-1)
             # Exact: sum of squared Jacobian rows; Hutchinson: E|eps^T J|^2 = |J|_F^2.
             row_norms = vjp.square().sum(-1)
-            frob = row_norms.sum(0) if self.probes is None else row_norms.mean(0)
+            frob = row_norms.sum(0) if probes is None else row_norms.mean(0)
             derivs = (*derivs, kinetic, frob)
-        if not self.create_graph:
+        if not create_graph:
             derivs = tuple(d.detach() for d in derivs)
         return derivs
+
+
+class SolveDynamics(nn.Module):
+    """The right-hand side of one ODE solve: a :class:`Dynamics` with this
+    solve's ``probes`` and ``create_graph``, counting its evaluations in
+    :attr:`nfe`. Made afresh for every solve, so threads that score or sample
+    the same flow at once never see each other's probes or counts (and an
+    adjoint backward pass reuses the probes of its own forward solve)."""
+
+    def __init__(self, dynamics: Dynamics, probes: Tensor | None, create_graph: bool) -> None:
+        super().__init__()
+        self.dynamics = dynamics
+        self.probes = probes
+        self.create_graph = create_graph
+        self.nfe = 0
+
+    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        self.nfe += 1
+        return self.dynamics(t, state, self.probes, self.create_graph)

@@ -12,6 +12,7 @@ finite log-density and finite gradients.
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
@@ -75,11 +76,11 @@ class RationalQuadraticSplineTransformer:
         min_bin_height: float = 1e-3,
         min_derivative: float = 1e-3,
     ) -> None:
-        if n_bins < 2:
-            raise ValueError(f"n_bins must be at least 2, got {n_bins}.")
-        if not 0 < tail_bound < math.inf:
+        if not isinstance(n_bins, Integral) or isinstance(n_bins, bool) or n_bins < 2:
+            raise ValueError(f"n_bins must be an int of at least 2, got {n_bins!r}.")
+        if not (isinstance(tail_bound, Real) and 0 < tail_bound < math.inf):
             raise ValueError(
-                f"tail_bound must be a positive finite number (e.g. 3 or 5), got {tail_bound}."
+                f"tail_bound must be a positive finite number (e.g. 3 or 5), got {tail_bound!r}."
             )
         if min_bin_width * n_bins >= 1 or min_bin_height * n_bins >= 1:
             raise ValueError("min_bin_width and min_bin_height must be below 1 / n_bins.")

@@ -60,9 +60,7 @@ def eval_chunk(device: torch.device) -> int:
 
 
 @torch.no_grad()
-def validation_score(
-    flow: Flow, X: Tensor, chunk: int | None = None, weights: Tensor | None = None
-) -> float:
+def validation_score(flow: Flow, X: Tensor, weights: Tensor | None = None) -> float:
     """Minus the mean :meth:`Flow.training_loss` of ``X`` in eval mode, in
     chunks: the mean log-likelihood, or for a layer with its own objective
     (flow matching) minus that loss, which is cheaper than a likelihood.
@@ -70,7 +68,7 @@ def validation_score(
     was_training = flow.training
     flow.eval()
     total = X.new_zeros(())
-    chunk = chunk or eval_chunk(X.device)
+    chunk = eval_chunk(X.device)
     for start in range(0, X.shape[0], chunk):
         loss = flow.training_loss(X[start : start + chunk])
         total -= loss.sum() if weights is None else (loss * weights[start : start + chunk]).sum()
@@ -301,13 +299,14 @@ def _split_loss(
     :meth:`Flow.training_loss`) gets the log-determinant of the layers in
     front of it.
     """
-    layers = list(flow.transform.transforms) if isinstance(flow.transform, Compose) else []
+    layers = flow.layers
     n_fixed = 0
     while n_fixed < len(layers) - 1 and next(layers[n_fixed].parameters(), None) is None:
         n_fixed += 1
     fixed = Compose(*layers[:n_fixed])
-    trained = layers[n_fixed:] if layers else [flow.transform]
-    own_loss = getattr(trained[-1], "training_loss", None)
+    trained = layers[n_fixed:]
+    own = flow.own_objective
+    own_loss = None if own is None else own.training_loss
 
     def loss(z: Tensor, ladj: Tensor) -> Tensor:
         for layer in trained if own_loss is None else trained[:-1]:

@@ -66,16 +66,23 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Sequence
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from skflow.engine.ode import Dynamics, TimeMLP, draw_probes, ot_pairing, underflow_as_error
-from skflow.engine.transforms import Transform
+from skflow.engine.distributions import std_normal_log_prob
+from skflow.engine.ode import (
+    Dynamics,
+    SolveDynamics,
+    TimeMLP,
+    draw_probes,
+    ot_pairing,
+    underflow_as_error,
+)
+from skflow.engine.transforms import Transform, log_det_wanted
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 FIXED_SOLVERS = ("euler", "midpoint", "heun3", "rk4")
@@ -86,7 +93,6 @@ PROBES = ("rademacher", "gaussian")
 # Flow-matching validation loss: draws of (time, noise) per validation row,
 # fixed by the flow's seed so epochs compare on the same draws.
 _FM_VALIDATION_DRAWS = 8
-_LOG_2PI = math.log(2 * math.pi)
 # Flow matching validates and keeps an exponential moving average of its
 # weights (decay per step): the raw weights' noisy regression steps stalled
 # early stopping after ~7 s, 0.47 / 0.56 nats per row lower on uci_airfoil /
@@ -96,14 +102,13 @@ FM_EMA_DECAY = 0.999
 # Memoized pairings of fixed validation draws, one per validation chunk (of
 # 4,096 rows on a CPU); beyond this many the oldest are dropped.
 _MAX_FIXED_PAIRINGS = 64
-# False within without_log_det(): solves carry the state alone.
-_LOG_DET: ContextVar[bool] = ContextVar("skflow_cnf_log_det", default=True)
 # Rows per ODE solve when nothing is differentiated (scoring, sampling).
 _SOLVE_ROWS = 4096
 
 
-def _std_normal_log_prob(z: Tensor) -> Tensor:
-    return -0.5 * (z.square().sum(-1) + z.shape[-1] * _LOG_2PI)
+def _is_number(value: object) -> bool:
+    """A real number (numpy's included), not a bool."""
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def _check_options(
@@ -137,7 +142,7 @@ def _check_options(
         if value not in allowed:
             raise ValueError(f"kind='cnf' option {name}={value!r} is not one of {list(allowed)}.")
     for name, value in {"rtol": rtol, "atol": atol}.items():
-        if not (isinstance(value, (int, float)) and value > 0):
+        if not (_is_number(value) and value > 0):
             raise ValueError(f"kind='cnf' option {name} must be a positive number, got {value!r}.")
     positive = {
         "n_steps": n_steps,
@@ -147,11 +152,11 @@ def _check_options(
     }
     non_negative = {"exact_max_dim": exact_max_dim, "augment_dims": augment_dims}
     for name, value in {**positive, **non_negative}.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < (name in positive):
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < (name in positive):
             kind = "positive" if name in positive else "non-negative"
             raise ValueError(f"kind='cnf' option {name} must be a {kind} int, got {value!r}.")
     for name, value in {"kinetic_energy": kinetic_energy, "jacobian_norm": jacobian_norm}.items():
-        if not (isinstance(value, (int, float)) and value >= 0):
+        if not (_is_number(value) and value >= 0):
             raise ValueError(f"kind='cnf' option {name} must be >= 0, got {value!r}.")
         if value > 0 and training != "mle":
             raise ValueError(
@@ -159,13 +164,9 @@ def _check_options(
                 "flow matching solves none (its straight paths need no such penalty). "
                 "Set training='mle' or remove the option."
             )
-    if not (isinstance(sigma_min, (int, float)) and 0 <= sigma_min < 1):
+    if not (_is_number(sigma_min) and 0 <= sigma_min < 1):
         raise ValueError(f"kind='cnf' option sigma_min must be in [0, 1), got {sigma_min!r}.")
-    if ema_decay is not None and not (
-        isinstance(ema_decay, (int, float))
-        and not isinstance(ema_decay, bool)
-        and 0 <= ema_decay < 1
-    ):
+    if ema_decay is not None and not (_is_number(ema_decay) and 0 <= ema_decay < 1):
         raise ValueError(
             f"kind='cnf' option ema_decay must be None (auto) or in [0, 1) (0 = no averaging), "
             f"got {ema_decay!r}."
@@ -280,6 +281,7 @@ class ContinuousFlow(Transform):
         self._nfe_train = 0
         self._n_train_solves = 0
         self._nfe_last = 0
+        self._training_solves: list[SolveDynamics] = []  # see _solve
         # Pairings of the fixed validation draws (see _flow_matching_loss).
         self._fixed_pairings: dict[bytes, Tensor] = {}  # on the CPU, never saved
 
@@ -291,9 +293,10 @@ class ContinuousFlow(Transform):
         backward solves), ``fit_per_solve`` their mean, and ``last_solve``
         for the most recent forward or inverse call (summed over its chunks
         of rows)."""
+        total = self._nfe_train + sum(rhs.nfe for rhs in self._training_solves)
         return {
-            "fit_total": self._nfe_train,
-            "fit_per_solve": self._nfe_train / max(self._n_train_solves, 1),
+            "fit_total": total,
+            "fit_per_solve": total / max(self._n_train_solves, 1),
             "last_solve": self._nfe_last,
         }
 
@@ -338,18 +341,30 @@ class ContinuousFlow(Transform):
             # The divergence needs autograd, which inference mode forbids.
             with torch.inference_mode(False), torch.no_grad():
                 return self._solve(x.clone(), to_data)
-        create_graph = torch.is_grad_enabled()
-        if not create_graph and x.shape[0] > _SOLVE_ROWS:
+        if torch.is_grad_enabled() or x.shape[0] <= _SOLVE_ROWS:
+            z, ladj, reg, solves = self._integrate(x, to_data)
+        else:
             # The exact trace holds dim x rows x width activations per
             # evaluation: bound the memory of large scoring calls.
-            parts, total_nfe = [], 0
-            for rows in x.split(_SOLVE_ROWS):
-                parts.append(self._solve(rows, to_data))
-                total_nfe += self._nfe_last
-            self._nfe_last = total_nfe
-            z, ladj, reg = (torch.cat(out) for out in zip(*parts, strict=True))
-            return z, ladj, reg
-        log_det = _LOG_DET.get()
+            parts = [self._integrate(rows, to_data) for rows in x.split(_SOLVE_ROWS)]
+            z, ladj, reg = (torch.cat([part[i] for part in parts]) for i in range(3))
+            solves = [rhs for part in parts for rhs in part[3]]
+        self._nfe_last = sum(rhs.nfe for rhs in solves)
+        if self.training:
+            # An adjoint's backward pass evaluates these right-hand sides
+            # again later, in the training step: count them at the next solve.
+            self._nfe_train += sum(rhs.nfe for rhs in self._training_solves)
+            self._training_solves = solves
+            self._n_train_solves += 1
+        return z, ladj, reg
+
+    def _integrate(
+        self, x: Tensor, to_data: bool
+    ) -> tuple[Tensor, Tensor, Tensor, list[SolveDynamics]]:
+        """:meth:`_solve` in one piece, with the right-hand side of each
+        block's solve (their ``nfe`` counts the evaluations)."""
+        create_graph = torch.is_grad_enabled()
+        log_det = log_det_wanted()
         probes = self._probes(x) if log_det else None
         regularize = self.regularize and self.training and log_det
         state: tuple[Tensor, ...] = (x, x.new_zeros(x.shape[0])) if log_det else (x,)
@@ -361,25 +376,19 @@ class ContinuousFlow(Transform):
         if self.solver in ADAPTIVE_SOLVERS and x.device.type == "mps":
             # torchdiffeq keeps adaptive step sizes in float64, which MPS lacks.
             options["dtype"] = torch.float32
-        nfe = 0
+        solves = []
         for k in order:
-            block = self.blocks[k]
-            block.probes, block.create_graph, block.nfe = probes, create_graph, 0
+            rhs = SolveDynamics(self.blocks[k], probes, create_graph)
             span = knots[k : k + 2] if to_data else knots[k : k + 2].flip(0)
             kwargs = {"rtol": self.rtol, "atol": self.atol, "method": self.solver}
             with underflow_as_error():
                 if self.adjoint and create_graph:
-                    kwargs["adjoint_params"] = tuple(block.parameters())
-                    ys = odeint_adjoint(block, state, span, options=options, **kwargs)
+                    kwargs["adjoint_params"] = tuple(self.blocks[k].parameters())
+                    ys = odeint_adjoint(rhs, state, span, options=options, **kwargs)
                 else:
-                    ys = odeint(block, state, span, options=options, **kwargs)
+                    ys = odeint(rhs, state, span, options=options, **kwargs)
             state = tuple(y[-1] for y in ys)
-            # (The probes stay set: an adjoint backward pass reuses them.)
-            nfe += block.nfe
-        if self.training:
-            self._nfe_train += nfe
-            self._n_train_solves += 1
-        self._nfe_last = nfe
+            solves.append(rhs)
         # The divergence integral is the log-det in either direction (from
         # data to latent, time runs backwards); the regularizer integrals
         # pick up a minus sign that way.
@@ -388,7 +397,7 @@ class ContinuousFlow(Transform):
             sign = 1.0 if to_data else -1.0
             reg = sign * (self.kinetic_energy * state[2] + self.jacobian_norm * state[3])
         ladj = state[1] if log_det else torch.full_like(reg, math.nan)
-        return state[0], ladj, reg
+        return state[0], ladj, reg, solves
 
     def _pad(self, x: Tensor, n_draws: int, generator: torch.Generator | None) -> Tensor:
         """Rows of ``x`` repeated ``n_draws`` times with noise augmentation."""
@@ -421,10 +430,10 @@ class ContinuousFlow(Transform):
         generator = None if self.training else self._generator()
         xa = self._pad(x, n_draws, generator)
         za, ladj, _ = self._solve(xa, to_data=False)
-        log_w = _std_normal_log_prob(za) + ladj - _std_normal_log_prob(xa[:, self.n_features :])
+        log_w = std_normal_log_prob(za) + ladj - std_normal_log_prob(xa[:, self.n_features :])
         log_px = log_w.view(n_draws, x.shape[0]).logsumexp(0) - math.log(n_draws)
         z = za[: x.shape[0], : self.n_features]
-        return z, log_px - _std_normal_log_prob(z)
+        return z, log_px - std_normal_log_prob(z)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         if self.augment_dims:
@@ -449,11 +458,11 @@ class ContinuousFlow(Transform):
         if self.training_method == "mle":
             if not self.augment_dims:
                 z, ladj_flow, reg = self._solve(x, to_data=False)
-                return -(_std_normal_log_prob(z) + ladj_flow + ladj) + reg
+                return -(std_normal_log_prob(z) + ladj_flow + ladj) + reg
             xa = self._pad(x, 1, None)
             za, ladj_flow, reg = self._solve(xa, to_data=False)
-            log_q = _std_normal_log_prob(xa[:, self.n_features :])
-            return -(_std_normal_log_prob(za) + ladj_flow - log_q + ladj) + reg
+            log_q = std_normal_log_prob(xa[:, self.n_features :])
+            return -(std_normal_log_prob(za) + ladj_flow - log_q + ladj) + reg
         if self.training:
             return self._flow_matching_loss(x, 1, None)
         per_draw = self._flow_matching_loss(x, _FM_VALIDATION_DRAWS, self._generator())
@@ -507,25 +516,15 @@ class ContinuousFlow(Transform):
         return self._fixed_pairings[digest].to(x0.device)
 
     def __getstate__(self) -> dict:
-        # Pickling and deepcopy (FlowDensity's pickles) leave the memo behind.
+        # Pickling and deepcopy (FlowDensity's pickles) leave the memo and the
+        # last training solves (their probes) behind, with their count.
         state = super().__getstate__()
-        return {**state, "_fixed_pairings": {}}
+        total = self.nfe["fit_total"]
+        return {**state, "_fixed_pairings": {}, "_training_solves": [], "_nfe_train": total}
 
-
-@contextmanager
-def without_log_det() -> Iterator[None]:
-    """Within this context, in this thread, continuous flows map points
-    without their log-determinant (reported as NaN): sampling and latent
-    maps need no density, and the divergence costs one backward pass per
-    dimension at every evaluation of the field (8-16x the time of the solve
-    itself on 30 features). A context variable, not a flag on the layers:
-    other threads, and copies or pickles of a flow taken meanwhile, keep
-    their densities."""
-    token = _LOG_DET.set(False)
-    try:
-        yield
-    finally:
-        _LOG_DET.reset(token)
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_training_solves", [])  # pickled by skflow 0.2.0
+        super().__setstate__(state)
 
 
 def build_cnf(
