@@ -354,6 +354,73 @@ def _compile_soft(
     return compiled
 
 
+def _noise_half_widths(
+    flow: Flow,
+    X_train: Tensor,
+    X_val: Tensor | None,
+    noise: tuple[Tensor, Tensor | None] | None,
+) -> tuple[Tensor, Tensor | None]:
+    """Half-widths of the dequantization noise of each training and
+    validation entry: ``noise`` checked, or else half the flow's widths."""
+    if noise is None:
+        half = flow.dequantization / 2
+        return half.expand_as(X_train), half.expand_as(X_val) if X_val is not None else None
+    half, half_val = noise
+    if half.shape != X_train.shape or (
+        X_val is not None and (half_val is None or half_val.shape != X_val.shape)
+    ):
+        raise ValueError(
+            "noise must hold half-widths shaped like X_train and X_val: got "
+            f"{tuple(half.shape)} and "
+            f"{None if half_val is None else tuple(half_val.shape)} for "
+            f"{tuple(X_train.shape)} and {None if X_val is None else tuple(X_val.shape)}."
+        )
+    return half, half_val
+
+
+def _checked_weights(
+    X_train: Tensor, X_val: Tensor | None, weights: tuple[Tensor, Tensor | None] | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """``weights`` as (training, validation), each None or one per row."""
+    w_train, w_val = weights if weights is not None else (None, None)
+    if (w_train is not None and w_train.shape != X_train.shape[:1]) or (
+        w_val is not None and (X_val is None or w_val.shape != X_val.shape[:1])
+    ):
+        raise ValueError(
+            "weights must hold one weight per row of X_train and X_val: got "
+            f"{tuple(w_train.shape) if w_train is not None else None} and "
+            f"{tuple(w_val.shape) if w_val is not None else None}."
+        )
+    return w_train, w_val
+
+
+def _run_epoch(
+    step: Callable[[Tensor], Tensor],
+    perm: Tensor,
+    batch_size: int,
+    n_batches: int,
+    deadline: float | None,
+) -> tuple[float, bool]:
+    """One epoch of ``step(idx)`` (an optimizer step on rows ``idx``,
+    returning its detached loss) over the first ``n_batches`` minibatches of
+    ``perm``. Returns the mean loss of the steps taken and whether
+    ``deadline`` (a :func:`time.monotonic` time) passed, which ends the epoch
+    early. The loss stays on the device until the epoch ends (one read per
+    epoch)."""
+    total = None
+    for b in range(n_batches):
+        try:
+            loss = step(perm[b * batch_size : (b + 1) * batch_size])
+        except SolverUnderflow:
+            # A continuous flow's field blew up: divergence, caught by the
+            # checks at the end of the epoch.
+            return math.nan, False
+        total = loss if total is None else total + loss
+        if deadline is not None and time.monotonic() > deadline:
+            return float(total) / (b + 1), True
+    return float(total) / n_batches, False
+
+
 def train_flow(
     flow: Flow,
     X_train: Tensor,
@@ -410,32 +477,11 @@ def train_flow(
     # noisy steps and break batch-statistics layers.
     n_batches = max(n // batch_size, 1)
     start_time = time.monotonic()
-    if noise is None:
-        half = (flow.dequantization / 2).expand_as(X_train)
-        half_val = (flow.dequantization / 2).expand_as(X_val) if X_val is not None else None
-    else:
-        half, half_val = noise
-        if half.shape != X_train.shape or (
-            X_val is not None and (half_val is None or half_val.shape != X_val.shape)
-        ):
-            raise ValueError(
-                "noise must hold half-widths shaped like X_train and X_val: got "
-                f"{tuple(half.shape)} and "
-                f"{None if half_val is None else tuple(half_val.shape)} for "
-                f"{tuple(X_train.shape)} and {None if X_val is None else tuple(X_val.shape)}."
-            )
+    half, half_val = _noise_half_widths(flow, X_train, X_val, noise)
     noisy = bool((half > 0).any())
     if noisy and X_val is not None:
         X_val = _dequantized(X_val, half_val)
-    w_train, w_val = weights if weights is not None else (None, None)
-    if (w_train is not None and w_train.shape != X_train.shape[:1]) or (
-        w_val is not None and (X_val is None or w_val.shape != X_val.shape[:1])
-    ):
-        raise ValueError(
-            "weights must hold one weight per row of X_train and X_val: got "
-            f"{tuple(w_train.shape) if w_train is not None else None} and "
-            f"{tuple(w_val.shape) if w_val is not None else None}."
-        )
+    w_train, w_val = _checked_weights(X_train, X_val, weights)
     batch_inputs, batch_loss = _split_loss(flow, X_train, half, noisy)
     draws = None if w_train is None else _WeightedDraws(w_train)
     if w_val is not None:
@@ -463,41 +509,26 @@ def train_flow(
         best_score = -math.inf
     best_state = _snapshot(flow)
     stall = 0
+    deadline = start_time + max_time if max_time is not None else None
+
+    def step(idx: Tensor) -> Tensor:
+        # (An ODE solve can fail in backward too: the adjoint's.)
+        with underflow_as_error():
+            loss = batch_loss(*batch_inputs(idx))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        _clip_grad_norm(params, clip_grad)
+        optimizer.step()
+        if ema is not None:
+            ema.update()
+        return loss.detach()
+
     flow.train()
     for epoch in range(1, max_iter + 1):
-        if draws is None:
-            perm = torch.randperm(n, generator=generator)
-        else:
-            perm = draws.epoch(generator)
-        perm = perm.to(X_train.device)
-        epoch_loss = X_train.new_zeros(())
-        out_of_time = False
-        for b in range(n_batches):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            try:
-                # (An ODE solve can fail in backward too: the adjoint's.)
-                with underflow_as_error():
-                    loss = batch_loss(*batch_inputs(idx))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-            except SolverUnderflow:
-                # A continuous flow's field blew up: divergence, caught by
-                # the checks at the end of the epoch.
-                epoch_loss += math.nan
-                n_done = b + 1
-                break
-            _clip_grad_norm(params, clip_grad)
-            optimizer.step()
-            if ema is not None:
-                ema.update()
-            epoch_loss += loss.detach()
-            if max_time is not None and time.monotonic() - start_time > max_time:
-                out_of_time = True
-                n_done = b + 1
-                break
-        else:
-            n_done = n_batches
-        train_loss = float(epoch_loss) / n_done
+        perm = torch.randperm(n, generator=generator) if draws is None else draws.epoch(generator)
+        train_loss, out_of_time = _run_epoch(
+            step, perm.to(X_train.device), batch_size, n_batches, deadline
+        )
         result.n_iter = epoch
         result.loss_curve.append(train_loss)
         if ema is not None:
