@@ -122,6 +122,29 @@ def _check_fitted(fitted: dict, cls: type) -> None:
         raise ValueError("dequantization_cells_ is not one cell description per feature")
 
 
+def _warn_few_rows(n_train: int, w_train: np.ndarray | None, n_features: int) -> None:
+    """Warn (at the caller of ``fit``) when the training rows, or the rows
+    the weights sit on, are no more than the features."""
+    n_effective = effective_rows(n_train, w_train)
+    if n_effective > n_features:
+        return
+    # n points span at most n - 1 dimensions: a density in all of them can
+    # only pile up near that subspace. Weights concentrated on a few rows do
+    # the same.
+    rows = f"{n_train} row{'s' * (n_train != 1)}"
+    if w_train is not None:
+        rows += f", as many as {n_effective:.1f} equally weighted ones,"
+    warnings.warn(
+        f"FlowDensity trains on {rows} (after the validation split) "
+        f"in {n_features} dimensions: with no more rows than features the density "
+        "collapses towards the rows' subspace, so training rows score far above new "
+        "ones. Use more rows, fewer features (e.g. PCA in a Pipeline), or a smaller "
+        "validation_fraction.",
+        UserWarning,
+        stacklevel=5,
+    )
+
+
 def _checked_split(split: object) -> tuple:
     """A validation split read from a model file: ``(RandomState state,
     rows, validation rows)``; ValueError for anything fit could not have
@@ -818,6 +841,68 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 stacklevel=5,
             )
 
+    def _seeded_flow(self, n_features: int, hidden_units: tuple[int, ...], seed: int) -> Flow:
+        """A new flow, its initial weights drawn from ``seed``."""
+        with torch.random.fork_rng(devices=[]):
+            # The CPU generator only (flows are built on the CPU):
+            # torch.manual_seed would also reseed the user's GPU generators.
+            torch.random.default_generator.manual_seed(seed)
+            try:
+                return self._build_flow(n_features, hidden_units)
+            except TypeError as exc:
+                raise TypeError(
+                    f"kind_options={self.kind_options!r} are not valid for "
+                    f"kind={self.kind!r}: {exc}"
+                ) from None
+
+    def _batch_size(self, n_train: int, flow: Flow) -> int:
+        """Rows per minibatch for ``n_train`` training rows."""
+        if self.batch_size == "auto":
+            # Small tables need several steps per epoch for patience-based
+            # early stopping to see progress: about 8 batches, 64 to 256 rows.
+            batch_size = min(n_train, int(np.clip(n_train // 8, 64, 256)))
+        else:
+            batch_size = self.batch_size
+        min_rows = getattr(flow.own_objective, "min_batch_rows", 1)
+        if batch_size < min_rows:
+            raise ValueError(
+                f"kind={self.kind!r} trained by flow matching gives each of its {min_rows} "
+                f"blocks (n_layers) a share of every minibatch, but minibatches hold "
+                f"{batch_size} rows: raise batch_size (or train on more rows), or lower n_layers."
+            )
+        return batch_size
+
+    def _split_rows(
+        self, n: int, rng: np.random.RandomState, warm: bool
+    ) -> tuple[np.ndarray | None, np.ndarray, tuple]:
+        """Validation and training row indices (None for the validation
+        rows without early stopping), and the split that warm fits reuse:
+        ``(RandomState state, rows, validation rows)``, the first fit's."""
+        n_val = min(max(1, int(round(self.validation_fraction * n))), n - 1)
+        split_rng, first_split = rng, getattr(self, "_split", None) if warm else None
+        if first_split is not None and first_split[1] == n:
+            # As many rows as the first fit (the same rows, presumably): its
+            # split, even under random_state=None, so that no row validated
+            # now was trained on before; its validation size too.
+            split_rng = np.random.RandomState()
+            split_rng.set_state(first_split[0])
+            if self.early_stopping and not first_split[2]:
+                warnings.warn(
+                    "This warm fit holds out validation rows, but the first fit trained on "
+                    "every row (early_stopping=False): the validation scores, early stopping "
+                    "and offset_ are flattered by rows already trained on.",
+                    UserWarning,
+                    stacklevel=5,
+                )
+            n_val = first_split[2] or n_val
+        split_state = split_rng.get_state()
+        order = split_rng.permutation(n)
+        if first_split is None:
+            first_split = (split_state, n, n_val if self.early_stopping else 0)
+        if self.early_stopping:
+            return order[:n_val], order[n_val:], first_split
+        return None, order, first_split
+
     def _fit(self, X, sample_weight):
         column_dtypes = _numpy_dtypes(X)
         warm = self.warm_start and hasattr(self, "flow_")
@@ -836,33 +921,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         device = resolve_device(self.device, dtype)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        n = X.shape[0]
-        n_val = min(max(1, int(round(self.validation_fraction * n))), n - 1)
-        split_rng, first_split = rng, getattr(self, "_split", None) if warm else None
         if warm:
             # New minibatch orders and noise each warm fit.
             seed = (seed + self.n_iter_) % np.iinfo(np.int32).max
-        if first_split is not None and first_split[1] == n:
-            # As many rows as the first fit (the same rows, presumably): its
-            # split, even under random_state=None, so that no row validated
-            # now was trained on before; its validation size too.
-            split_rng = np.random.RandomState()
-            split_rng.set_state(first_split[0])
-            if self.early_stopping and not first_split[2]:
-                warnings.warn(
-                    "This warm fit holds out validation rows, but the first fit trained on "
-                    "every row (early_stopping=False): the validation scores, early stopping "
-                    "and offset_ are flattered by rows already trained on.",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            n_val = first_split[2] or n_val
-        split_state = split_rng.get_state()
-        order = split_rng.permutation(n)
-        if self.early_stopping:
-            val_idx, train_idx = order[:n_val], order[n_val:]
-        else:
-            val_idx, train_idx = None, order
+        val_idx, train_idx, split = self._split_rows(X.shape[0], rng, warm)
         X_train = X[train_idx]
         # The training part scaled by its largest weight (train_flow scales
         # the validation part): sums of tiny weights neither underflow nor
@@ -874,35 +936,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             # A copy: a failed fit must leave the fitted flow as it was.
             flow = copy.deepcopy(self.flow_)
         else:
-            with torch.random.fork_rng(devices=[]):
-                # The CPU generator only (flows are built on the CPU):
-                # torch.manual_seed would also reseed the user's GPU generators.
-                torch.random.default_generator.manual_seed(seed)
-                try:
-                    flow = self._build_flow(X.shape[1], hidden_units)
-                except TypeError as exc:
-                    raise TypeError(
-                        f"kind_options={self.kind_options!r} are not valid for "
-                        f"kind={self.kind!r}: {exc}"
-                    ) from None
-        n_train = len(train_idx)
-        n_effective = effective_rows(n_train, w_train)
-        if n_effective <= X.shape[1]:
-            # n points span at most n - 1 dimensions: a density in all of
-            # them can only pile up near that subspace. Weights concentrated
-            # on a few rows do the same.
-            rows = f"{n_train} row{'s' * (n_train != 1)}"
-            if w_train is not None:
-                rows += f", as many as {n_effective:.1f} equally weighted ones,"
-            warnings.warn(
-                f"FlowDensity trains on {rows} (after the validation split) "
-                f"in {X.shape[1]} dimensions: with no more rows than features the density "
-                "collapses towards the rows' subspace, so training rows score far above new "
-                "ones. Use more rows, fewer features (e.g. PCA in a Pipeline), or a smaller "
-                "validation_fraction.",
-                UserWarning,
-                stacklevel=4,
-            )
+            flow = self._seeded_flow(X.shape[1], hidden_units, seed)
+        _warn_few_rows(len(train_idx), w_train, X.shape[1])
         # Cast first: fitted buffers set in float32 and cast to float64 would
         # keep only float32 accuracy (the standardization would not invert).
         flow = flow.to(device=device, dtype=dtype)
@@ -916,19 +951,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         def as_tensor(a):
             return torch.tensor(a, dtype=dtype).to(device)
 
-        if self.batch_size == "auto":
-            # Small tables need several steps per epoch for patience-based
-            # early stopping to see progress: about 8 batches, 64 to 256 rows.
-            batch_size = min(len(train_idx), int(np.clip(len(train_idx) // 8, 64, 256)))
-        else:
-            batch_size = self.batch_size
-        min_rows = getattr(flow.own_objective, "min_batch_rows", 1)
-        if batch_size < min_rows:
-            raise ValueError(
-                f"kind={self.kind!r} trained by flow matching gives each of its {min_rows} "
-                f"blocks (n_layers) a share of every minibatch, but minibatches hold "
-                f"{batch_size} rows: raise batch_size (or train on more rows), or lower n_layers."
-            )
+        batch_size = self._batch_size(len(train_idx), flow)
         generator = torch.Generator().manual_seed(seed)
         desc = f"FlowDensity({self.kind!r})"
         # Layers that draw noise while training (Hutchinson probes, flow
@@ -996,8 +1019,6 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         else:
             loss_curve, scores = result.loss_curve, result.validation_scores
             lattice_range = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
-        if first_split is None:
-            first_split = (split_state, n, n_val if self.early_stopping else 0)
         self.flow_ = flow
         self.device_ = device
         self.loss_curve_ = loss_curve
@@ -1011,8 +1032,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         self.lattice_range_ = lattice_range
         self.center_ = center
         # The first fit's split (RandomState state, rows, validation rows)
-        # for warm fits; not saved to files.
-        self._split = first_split
+        # for warm fits (saved to files too).
+        self._split = split
         self.offset_ = self._compute_offset(X, val_idx, weights)
         # ODE-based kinds count their vector-field evaluations (fit and the
         # scoring just done).
