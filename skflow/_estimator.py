@@ -422,8 +422,12 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    flow_ : torch.nn.Module
-        The fitted flow (standardization included), on ``device_``.
+    flow_ : skflow.engine.Flow
+        The fitted torch flow (standardization and the other fixed layers
+        included), on ``device_``, for rows shifted by ``center_``:
+        ``flow_.log_prob(torch.as_tensor(X - center_))`` is ``score_samples(X)``
+        (in the flow's dtype), and ``flow_.sample(n) + center_`` draws rows
+        (``sample`` also snaps discrete columns onto their values).
     device_ : torch.device
         Device the flow lives on.
     n_features_in_ : int
@@ -1238,8 +1242,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
 
         ``score_samples`` reports the density of the dequantized variable
         ``X + U`` at ``X``; where an entry has a cell of width ``w``, adding
-        ``log w`` turns that feature's density into the probability of its
-        value (see the ``dequantize`` parameter).
+        ``log w`` turns that feature's density into (the midpoint estimate
+        of) the probability of its value: the density at the cell's centre
+        times its width, close to the mass over the cell where the density
+        varies little across it (see the ``dequantize`` parameter).
 
         Parameters
         ----------

@@ -144,6 +144,54 @@ def test_large_scoring_calls_are_solved_in_chunks(monkeypatch):
     assert cnf.nfe["last_solve"] == 3 * nfe_whole
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"trace": "hutchinson", "score_probes": 8},
+        {"trace": "hutchinson", "score_probes": 8, "probe": "gaussian"},
+        {"augment_dims": 2, "augment_samples": 8},
+    ],
+)
+def test_a_rows_estimate_does_not_depend_on_the_rows_beside_it(options, monkeypatch):
+    # Hutchinson probes and augmentation noise are drawn from each row's own
+    # values: with a fixed-step solver, a row scores the same alone, in any
+    # order, in any chunking; and the draws still vary from row to row.
+    flow = Flow(_random_field_cnf(3, solver="rk4", n_steps=6, **options), StandardNormal(3))
+    flow = flow.double()
+    x = torch.randn(9, 3, dtype=torch.float64)
+    with torch.no_grad():
+        together = flow.log_prob(x)
+        alone = torch.cat([flow.log_prob(x[i : i + 1]) for i in range(9)])
+        reversed_ = flow.log_prob(x.flip(0)).flip(0)
+        monkeypatch.setattr(cnf_module, "_SOLVE_ROWS", 4)
+        chunked = flow.log_prob(x)
+        exact = Flow(_random_field_cnf(3, solver="rk4", n_steps=6), StandardNormal(3)).double()
+        gap = (together - exact.log_prob(x)).abs()
+    for other in (alone, reversed_, chunked):
+        torch.testing.assert_close(other, together, atol=1e-10, rtol=0)
+    # Estimates, with probes that differ between rows (8 random-sign probes
+    # in 3 dimensions can match the exact trace: their cross terms cancel).
+    assert int((gap > 1e-4).sum()) >= 5
+
+
+def test_keyed_draws_have_the_right_distribution():
+    from scipy import stats
+
+    rows = torch.randn(4000, 2)
+    signs = ode.keyed_draws(rows, 3, 5, "rademacher", seed=11)
+    assert signs.shape == (3, 4000, 5) and set(signs.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(signs.mean())) < 0.02
+    normals = ode.keyed_draws(rows, 3, 5, "gaussian", seed=11).double()
+    assert stats.kstest(normals.flatten().numpy(), "norm").pvalue > 1e-3
+    # Uncorrelated across draws, coordinates and rows; another seed, others.
+    flat = normals.permute(1, 0, 2).reshape(4000, 15)
+    corr = np.corrcoef(flat.T.numpy())
+    assert np.abs(corr - np.eye(15)).max() < 0.08
+    assert abs(float((normals[:, :-1] * normals[:, 1:]).mean())) < 0.03
+    other = ode.keyed_draws(rows, 3, 5, "gaussian", seed=12).double()
+    assert abs(float((normals * other).mean())) < 0.03
+
+
 @pytest.mark.parametrize("n_layers", [1, 2])
 @pytest.mark.parametrize("trace", ["exact", "hutchinson"])
 def test_adjoint_gradients_match_backprop(trace, n_layers):
@@ -551,6 +599,19 @@ def test_ffjord_solver_underflow_is_divergence_not_a_crash(failing_call, monkeyp
     with pytest.warns(ConvergenceWarning, match="diverged"):
         est.fit(X)
     assert np.isfinite(est.score_samples(X)).all()
+
+
+def test_rows_beyond_the_solver_have_log_density_minus_inf():
+    # Beyond 1/eps an adaptive step underflows: such rows skip the solve,
+    # with a NaN latent, and Flow.log_prob gives them -inf (not NaN); the
+    # rows beside them are scored as if alone.
+    flow = Flow(_random_field_cnf(2), StandardNormal(2)).double()
+    x = torch.tensor([[1e17, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    with torch.no_grad():
+        scores = flow.log_prob(x)
+        alone = flow.log_prob(x[1:])
+    assert scores[0] == -math.inf
+    torch.testing.assert_close(scores[1:], alone)
 
 
 def test_solver_underflow_when_scoring_says_so(monkeypatch):

@@ -83,7 +83,10 @@ class Flow(nn.Module):
 
     def log_prob(self, x: Tensor) -> Tensor:
         z, ladj = self.transform(x)
-        return self.base.log_prob(z) + ladj
+        # A row a layer cannot map (a continuous flow's row beyond its
+        # solver) comes back with latent NaN and log-det -inf: log-density
+        # -inf, not NaN.
+        return torch.where(ladj == -math.inf, ladj, self.base.log_prob(z) + ladj)
 
     def training_loss(self, x: Tensor) -> Tensor:
         """Per-row loss that training minimizes (and early stopping monitors):

@@ -13,6 +13,7 @@ squared Frobenius norm of ``df/dx``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -93,6 +94,51 @@ def draw_probes(
     if kind == "rademacher":
         eps = eps.sign()
     return eps.to(like.device)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function (Steele et al. 2014): a bijective mix of
+    64-bit words whose outputs pass as independent uniform bits."""
+    with np.errstate(over="ignore"):  # (uint64 arithmetic wraps, as intended)
+        z = z + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def keyed_draws(rows: Tensor, n: int, width: int, kind: str, seed: int) -> Tensor:
+    """Draws of shape ``(n, len(rows), width)`` -- standard normal
+    (``kind="gaussian"``) or random signs (``"rademacher"``) -- that depend
+    only on each row's values and ``seed``, not on the other rows or the
+    row's position: a row's Hutchinson probes and augmentation noise, and so
+    its score, are the same whatever it is scored with. Counter-based: each
+    row's key is a SplitMix64 hash of its float64 values; a signs draw takes
+    64 signs from each hashed word, a normal one (Box-Muller) its two
+    32-bit halves as uniforms."""
+    # (+ 0.0 makes -0.0 and 0.0 one key, as they are one value.)
+    bits = np.ascontiguousarray((rows.detach().double() + 0.0).cpu().numpy()).view(np.uint64)
+    key = _splitmix64(np.full(bits.shape[0], seed, dtype=np.uint64))
+    for column in bits.T:
+        key = _splitmix64(key ^ column)
+    count = n * width
+    if kind == "rademacher":
+        counters = _splitmix64(np.arange(1, -(-count // 64) + 1, dtype=np.uint64))
+        words = _splitmix64(key[:, None] ^ counters)
+        bits01 = np.unpackbits(words.view(np.uint8), axis=1, count=count, bitorder="little")
+        out = torch.from_numpy(bits01).to(rows.dtype).mul_(2.0).sub_(1.0)
+    else:
+        counters = _splitmix64(np.arange(1, count + 1, dtype=np.uint64))
+        # Each word's two 32-bit halves -> two uniforms in (0, 1] (normals
+        # then reach 6.7 standard deviations: plenty for probes and noise).
+        halves = _splitmix64(key[:, None] ^ counters).view(np.uint32).astype(np.float64)
+        uniform = torch.from_numpy(halves).add_(1.0).mul_(2.0**-32)
+        radius = uniform[:, 0::2].log().mul_(-2.0).sqrt_()
+        out = radius.mul_(torch.cos(uniform[:, 1::2] * (2 * math.pi))).to(rows.dtype)
+    draws = out.view(bits.shape[0], n, width).transpose(0, 1).contiguous()
+    return draws.to(rows.device)
 
 
 @torch.compiler.disable

@@ -38,10 +38,12 @@ Two training methods:
 
 Scoring (eval mode) uses the exact trace -- ``D`` vector-Jacobian products
 batched into one backward pass -- up to ``exact_max_dim`` dimensions, and
-above that Hutchinson's estimate with ``score_probes`` probes drawn from a
-generator seeded when the flow is built, so repeated scores are identical.
-An adaptive solver picks one step sequence for the whole batch, so a row's
-score can move within the tolerance with the rows scored beside it; the
+above that Hutchinson's estimate with ``score_probes`` probes. The probes
+(and the augmentation noise below) are drawn from each row's own values and
+a seed fixed when the flow is built, so repeated scores are identical and a
+row's estimate does not depend on the rows scored beside it. An adaptive
+solver picks one step sequence for the whole batch, so a row's score can
+still move within the tolerance with the rows scored beside it; the
 fixed-step solvers make scores batch-invariant.
 
 ``n_layers`` CNF blocks split the time interval into equal slices, each with
@@ -79,6 +81,7 @@ from skflow.engine.ode import (
     SolveDynamics,
     TimeMLP,
     draw_probes,
+    keyed_draws,
     ot_pairing,
     underflow_as_error,
 )
@@ -322,6 +325,11 @@ class ContinuousFlow(Transform):
     def _generator(self) -> torch.Generator:
         return torch.Generator(device="cpu").manual_seed(int(self.seed))
 
+    def _key(self, salt: int) -> int:
+        """A seed for :func:`~skflow.engine.ode.keyed_draws`, one per
+        ``salt`` (0: scoring probes, 1: augmentation noise)."""
+        return (2 * int(self.seed) + salt) % 2**64
+
     def _probes(self, x: Tensor) -> Tensor | None:
         """Hutchinson probes for this solve, or None for the exact trace."""
         if self.trace == "exact":
@@ -332,7 +340,9 @@ class ContinuousFlow(Transform):
             return None
         if self.trace == "auto" and self.dim <= self.exact_max_dim:
             return None
-        return draw_probes(self.score_probes, x, self.probe, self._generator())
+        # Keyed by each row, not drawn for the batch: a row's estimate does
+        # not depend on the rows scored beside it.
+        return keyed_draws(x, self.score_probes, x.shape[1], self.probe, self._key(0))
 
     def _solve(self, x: Tensor, to_data: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Integrate ``x`` through every block; returns the end point, the
@@ -426,9 +436,13 @@ class ContinuousFlow(Transform):
             return z, ladj
         # log p(x) ~ log mean_k p(x, a_k) / N(a_k); reported as the log-det
         # that makes log N(z) + ladj equal that estimate.
-        n_draws = 1 if self.training else self.augment_samples
-        generator = None if self.training else self._generator()
-        xa = self._pad(x, n_draws, generator)
+        if self.training:
+            n_draws, xa = 1, self._pad(x, 1, None)
+        else:
+            # Keyed by each row, as the scoring probes are.
+            n_draws = self.augment_samples
+            noise = keyed_draws(x, n_draws, self.augment_dims, "gaussian", self._key(1))
+            xa = torch.cat([x.repeat(n_draws, 1), noise.reshape(-1, self.augment_dims)], dim=-1)
         za, ladj, _ = self._solve(xa, to_data=False)
         log_w = std_normal_log_prob(za) + ladj - std_normal_log_prob(xa[:, self.n_features :])
         log_px = log_w.view(n_draws, x.shape[0]).logsumexp(0) - math.log(n_draws)
