@@ -47,6 +47,7 @@ from skflow._preprocessing import (
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.diagnostics import round_trip_error
+from skflow.engine.flows import SHAPE_OPTIONS, kind_options
 from skflow.engine.training import eval_chunk
 from skflow.engine.transforms import Affine, Compose, LogTails, PiecewiseLinear, without_log_det
 from skflow.exceptions import InvertibilityWarning
@@ -120,6 +121,11 @@ def _check_fitted(fitted: dict, cls: type) -> None:
         and all(isinstance(c, Real) or _is_cell_table(c) for c in cells)
     ):
         raise ValueError("dequantization_cells_ is not one cell description per feature")
+
+
+# Kinds whose layers reduce to one affine map of a single column: an
+# autoregressive or coupling conditioner has nothing to condition on.
+_AFFINE_IN_ONE_DIMENSION = ("maf", "iaf", "realnvp", "nice", "glow")
 
 
 def _warn_few_rows(n_train: int, w_train: np.ndarray | None, n_features: int) -> None:
@@ -847,6 +853,18 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def _seeded_flow(self, n_features: int, hidden_units: tuple[int, ...], seed: int) -> Flow:
         """A new flow, its initial weights drawn from ``seed``."""
+        options = self.kind_options or {}
+        for name in set(options) & set(SHAPE_OPTIONS):
+            raise ValueError(
+                f"{name} is a FlowDensity parameter, not a kind option: pass "
+                f"FlowDensity(kind={self.kind!r}, {name}=...) instead of kind_options."
+            )
+        unknown = sorted(set(options) - set(kind_options(self.kind)))
+        if unknown:
+            raise ValueError(
+                f"kind_options {unknown} are not options of kind={self.kind!r}; its options "
+                f"are {kind_options(self.kind)} (see the kinds guide)."
+            )
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only (flows are built on the CPU):
             # torch.manual_seed would also reseed the user's GPU generators.
@@ -941,6 +959,16 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             flow = copy.deepcopy(self.flow_)
         else:
             flow = self._seeded_flow(X.shape[1], hidden_units, seed)
+            if X.shape[1] == 1 and self.kind in _AFFINE_IN_ONE_DIMENSION:
+                warnings.warn(
+                    f"kind={self.kind!r} cannot shape a single column: its layers condition "
+                    "each feature on the others, and there are none, so each layer is one "
+                    "affine map and the flow is its fixed layers (the marginal map, "
+                    "standardization) plus that map. For one column use kind='nsf', "
+                    "'planar' or 'cnf'.",
+                    UserWarning,
+                    stacklevel=4,
+                )
         _warn_few_rows(len(train_idx), w_train, X.shape[1])
         # Cast first: fitted buffers set in float32 and cast to float64 would
         # keep only float32 accuracy (the standardization would not invert).
@@ -1559,7 +1587,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         n_samples : int, default=1
             Number of rows to draw (0 gives an empty array).
         random_state : int, RandomState instance or None, default=None
-            Seed for the draws; the same seed gives the same samples.
+            Seed for the draws; the same seed gives the same samples. As in
+            ``KernelDensity.sample``, this argument alone seeds them (not
+            the estimator's ``random_state``): None draws afresh each call.
         as_frame : bool, default=False
             Return a pandas DataFrame whose columns are ``feature_names_in_``
             (``x0``, ``x1``, ... when ``fit`` saw no column names) and, when

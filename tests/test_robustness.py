@@ -489,3 +489,19 @@ def test_fewer_rows_than_features_warns_at_the_callers_line():
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
         FlowDensity(n_layers=1, hidden_units=4, max_iter=2, random_state=0).fit(X[:, :5])
+
+
+def test_one_column_warns_for_kinds_that_cannot_shape_it():
+    # Two modes in one column: an autoregressive or coupling layer has
+    # nothing to condition on (an affine map), a spline is not so limited.
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.normal(-3, 0.5, 300), rng.normal(3, 0.5, 300)][:, None]
+    params = dict(gaussianize=False, max_iter=60, random_state=0)
+    with pytest.warns(UserWarning, match="kind='maf' cannot shape a single column") as record:
+        maf = FlowDensity("maf", **params).fit(X[::2])
+    assert all(w.filename == __file__ for w in record if "single column" in str(w.message))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        nsf = FlowDensity("nsf", **params).fit(X[::2])
+    assert nsf.score(X[1::2]) > maf.score(X[1::2]) + 0.5

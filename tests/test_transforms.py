@@ -223,3 +223,21 @@ def test_reversed_order_masks_condition_on_later_features():
     jac = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], torch.randn(D))
     assert torch.all(jac.tril(-1) == 0) and torch.all(jac.diagonal() != 0)
     assert torch.any(jac.triu(1) != 0)
+
+
+def test_build_transform_names_the_options_of_a_kind():
+    import inspect
+
+    from skflow.engine.flows import kind_options
+    from skflow.engine.flows.cnf import ContinuousFlow
+
+    with pytest.raises(ValueError, match=r"no option 'n_bins'; its options are \['batch_norm'\]"):
+        build_transform("maf", 3, n_layers=1, hidden_units=(4,), n_bins=3)
+    with pytest.raises(ValueError, match="Unknown flow kind 'nope'"):
+        build_transform("nope", 3)
+    # Every listed option is accepted at its default.
+    for kind in KINDS:
+        target = ContinuousFlow if kind == "cnf" else KINDS[kind]
+        defaults = inspect.signature(target).parameters
+        options = {name: defaults[name].default for name in kind_options(kind)}
+        build_transform(kind, 4, n_layers=1, hidden_units=(4,), **options)

@@ -8,9 +8,10 @@ latent space. Adding a family means one module here and one line in ``KINDS``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
-from skflow.engine.flows.cnf import build_cnf
+from skflow.engine.flows.cnf import ContinuousFlow, build_cnf
 from skflow.engine.flows.glow import build_glow
 from skflow.engine.flows.iaf import build_iaf
 from skflow.engine.flows.maf import build_maf
@@ -32,10 +33,35 @@ KINDS: dict[str, Callable[..., Transform]] = {
 }
 
 
-def build_transform(kind: str, n_features: int, **options: object) -> Transform:
-    """Build the transform of flow family ``kind`` for ``n_features`` features."""
+# Every constructor's shape arguments (cnf's layer calls its blocks n_blocks).
+SHAPE_OPTIONS = ("n_layers", "hidden_units")
+
+
+def _builder(kind: str) -> Callable[..., Transform]:
     try:
-        builder = KINDS[kind]
+        return KINDS[kind]
     except KeyError:
         raise ValueError(f"Unknown flow kind {kind!r}; choose one of {sorted(KINDS)}.") from None
+
+
+def kind_options(kind: str) -> list[str]:
+    """Names of the options of flow family ``kind`` besides its shape
+    (``n_layers``, ``hidden_units``)."""
+    params = inspect.signature(_builder(kind)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        # (cnf passes its options on to its layer: that layer's keywords.)
+        params = inspect.signature(ContinuousFlow).parameters
+    skip = {*SHAPE_OPTIONS, "n_blocks"}
+    return [n for n, p in params.items() if p.default is not p.empty and n not in skip]
+
+
+def build_transform(kind: str, n_features: int, **options: object) -> Transform:
+    """Build the transform of flow family ``kind`` for ``n_features`` features."""
+    builder = _builder(kind)
+    unknown = sorted(set(options) - {*SHAPE_OPTIONS, *kind_options(kind)})
+    if unknown:
+        raise ValueError(
+            f"kind={kind!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are {kind_options(kind)}."
+        )
     return builder(n_features, **options)
