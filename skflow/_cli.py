@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -47,12 +48,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------ reading
-def _has_header(path: Path) -> bool:
+def _has_header(text: str, path: str) -> bool:
     """A first line with any non-numeric field is a header (blank lines
     before it are skipped, as pandas skips them)."""
-    with open(path, newline="") as f:
-        rows = csv.reader(f)
-        first = next((r for r in rows if len(r) > 1 or (r and r[0].strip())), None)
+    rows = csv.reader(io.StringIO(text, newline=""))
+    first = next((r for r in rows if len(r) > 1 or (r and r[0].strip())), None)
     if not first:
         raise CLIError(f"{path} is empty.")
     for field in first:
@@ -64,22 +64,43 @@ def _has_header(path: Path) -> bool:
 
 
 def read_table(path: str, header: bool | None):
-    """Read a numeric CSV file into a DataFrame (header given) or an ndarray."""
+    """Read a numeric CSV file (``-``: standard input) into a DataFrame
+    (header given) or an ndarray. Integer columns stay integers, so a model
+    fitted on them samples integers."""
     try:
         import pandas as pd
     except ImportError:
         raise CLIError("the command line reads CSV files with pandas: pip install pandas") from None
-    path = Path(path)
-    if not path.is_file():
-        raise CLIError(f"{path}: no such file.")
-    if header is None:
-        header = _has_header(path)
     try:
-        df = pd.read_csv(path, header=0 if header else None)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        if path == "-":
+            text = sys.stdin.read()
+        elif not Path(path).is_file():
+            raise CLIError(f"{path}: no such file.")
+        else:
+            text = Path(path).read_text()
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{path} is not a readable CSV file: {_one_line(exc)}") from None
+    if header is None:
+        header = _has_header(text, path)
+    try:
+        df = pd.read_csv(io.StringIO(text), header=0 if header else None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise CLIError(f"{path} is not a readable CSV file: {_one_line(exc)}") from None
     if df.shape[0] == 0:
         raise CLIError(f"{path} has no data rows.")
+    first = df.iloc[:, 0]
+    if (
+        header
+        and str(df.columns[0]).startswith("Unnamed: 0")
+        and (
+            pd.api.types.is_integer_dtype(first) and (first.to_numpy() == np.arange(len(df))).all()
+        )
+    ):
+        raise CLIError(
+            f"{path}: the first column has no name and holds the row numbers 0, 1, 2, ... "
+            "(an index, as pandas' to_csv writes by default), not a feature: write the file "
+            "with to_csv(..., index=False), or drop that column."
+        )
     for pos, column in enumerate(df.columns):
         values = df[column]
         name = f"column {column!r}" if header else f"column {pos + 1}"
@@ -97,15 +118,26 @@ def read_table(path: str, header: bool | None):
                 f"{path}: {name} has a missing value in data row {row + 1}; "
                 "drop or impute incomplete rows first."
             )
-        df[column] = numeric.astype(float)
+        infinite = ~np.isfinite(numeric.to_numpy(dtype=float))
+        if infinite.any():
+            row = int(infinite.argmax())
+            raise CLIError(
+                f"{path}: {name} has an infinite value ({values.iloc[row]}) in data row "
+                f"{row + 1}; drop those rows or clip the values first."
+            )
+        is_int = pd.api.types.is_integer_dtype(numeric)
+        df[column] = numeric.astype(np.int64 if is_int else float)
     if header:
         df.columns = [str(c) for c in df.columns]
         return df
     return df.to_numpy()
 
 
-def _write_table(frame, out: str | None) -> None:
-    frame.to_csv(sys.stdout if out is None else out, index=False)
+def _write_table(frame, out: str | None, dtype: str) -> None:
+    # A float32 model's numbers to the 9 digits that restore them exactly,
+    # not the 17 of their float64 copies (895.181671, not 895.1816711425781).
+    float_format = "%.9g" if dtype == "float32" else None
+    frame.to_csv(sys.stdout if out is None else out, index=False, float_format=float_format)
 
 
 # ----------------------------------------------------------------- commands
@@ -233,6 +265,13 @@ def _fit(args: argparse.Namespace) -> None:
         est = _load(args.resume)
         was_warm, before = est.warm_start, est.n_iter_
         est.set_params(warm_start=True, **params)
+        changed = est._shape_changes()
+        if changed:
+            raise CLIError(
+                f"--resume {args.resume} continues that model, which was fitted with "
+                f"{', '.join(f'{name}={value!r}' for name, value in changed.items())}: "
+                "drop the options that change it, or drop --resume to fit a new model."
+            )
     est.set_params(verbose=args.verbose, compile=args.compile)
     start = time.perf_counter()
     est.fit(X, sample_weight=weights)
@@ -272,16 +311,25 @@ def _score(args: argparse.Namespace) -> None:
 
     if args.weight_column is not None:
         X = _split_weights(X, args.weight_column, args.data)[0]
+    names = getattr(est, "feature_names_in_", None)
+    if names is not None and not hasattr(X, "columns") and X.shape[1] == len(names):
+        warnings.warn(
+            f"{args.data} has no header: its columns are taken as the training file's "
+            f"({', '.join(map(str, names))}), in that order.",
+            UserWarning,
+            stacklevel=2,
+        )
+        X = pd.DataFrame(X, columns=names)
     log_density = est.score_samples(X)
     outlier = (log_density < est.offset_).astype(int)
-    _write_table(pd.DataFrame({"log_density": log_density, "outlier": outlier}), args.out)
+    frame = pd.DataFrame({"log_density": log_density, "outlier": outlier})
+    _write_table(frame, args.out, est.dtype)
 
 
 def _sample(args: argparse.Namespace) -> None:
     est = _load(args.model)
-    _write_table(
-        est.sample(args.n_samples, random_state=args.random_state, as_frame=True), args.out
-    )
+    frame = est.sample(args.n_samples, random_state=args.random_state, as_frame=True)
+    _write_table(frame, args.out, est.dtype)
 
 
 def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
@@ -413,8 +461,13 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"skflow: warning: {_one_line(message)}", file=sys.stderr)
+def _warning_printer(prog: str):
+    """A ``warnings.showwarning`` that prints one line ``prog: warning: ...``."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {_one_line(message)}", file=sys.stderr)
+
+    return show
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "skflow") -> int:
@@ -441,9 +494,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "skflow") -> int:
     args = build_parser(prog).parse_args(argv)
     args.prog = prog
     with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+        warnings.showwarning = _warning_printer(prog)
         try:
             args.run(args)
+        except BrokenPipeError:
+            # The reader stopped early (``| head``): what it read is fine, so
+            # quietly stop writing, as Unix tools do (status 128 + SIGPIPE).
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # (nothing left to flush at exit)
+            return 141
         except (CLIError, OSError, ValueError, TypeError) as exc:
             # OSError: unreadable/unwritable paths; ValueError/TypeError: the
             # estimator's own messages (bad parameters, damaged model files,

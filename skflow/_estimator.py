@@ -799,8 +799,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             self.__dict__.update(before)
             raise
 
-    def _check_warm_start(self) -> None:
-        """Refuse to continue a flow whose shape the parameters now change."""
+    def _shape_changes(self) -> dict:
+        """The shape parameters that differ from the fitted flow's, with the
+        fitted values (what a warm start cannot change)."""
         fitted = dict(getattr(self, "_fitted_params", {}))
         # Widths compare as built: "auto" (which a warm fit does not
         # re-resolve), an int or a tuple naming the fitted widths is no change.
@@ -809,13 +810,17 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             and _same_value(self._hidden_units(0), self.hidden_units_)
         ):
             fitted.pop("hidden_units", None)
-        changed = [
-            name
+        return {
+            name: fitted[name]
             for name in _SHAPE_PARAMS
             if name in fitted and not _same_value(fitted[name], getattr(self, name))
-        ]
+        }
+
+    def _check_warm_start(self) -> None:
+        """Refuse to continue a flow whose shape the parameters now change."""
+        changed = self._shape_changes()
         if changed:
-            was = ", ".join(f"{name}={fitted[name]!r}" for name in changed)
+            was = ", ".join(f"{name}={value!r}" for name, value in changed.items())
             raise ValueError(
                 f"warm_start=True continues the fitted flow, but {', '.join(changed)} "
                 f"changed since it was fitted ({was}). Restore them, or set "

@@ -295,6 +295,94 @@ def test_fit_resume_continues_a_model(files, tmp_path, capsys):
     assert (
         main(["fit", train, "--out", str(second), "--resume", str(first), "--n-layers", "3"]) == 2
     )
-    assert "n_layers changed since it was fitted" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "continues that model, which was fitted with n_layers=2" in err
+    assert "drop --resume to fit a new model" in err and err.count("\n") == 1
     assert main(["fit", train, "--out", str(second), "--resume", str(tmp_path / "nope")]) == 2
     assert "no such model file" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_ends_quietly(files):
+    # `skflow sample ... | head -1`: a closed pipe is no error.
+    cmd = [sys.executable, "-m", "skflow", "sample", str(files / "model.skflow"), "-n", "200000"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout.readline() == b"width,height\n"
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        proc.wait()
+    assert err == "" and proc.returncode == 141
+
+
+def test_fit_reads_standard_input(files, tmp_path, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO((files / "train.csv").read_text()))
+    assert main(["fit", "-", "--out", str(tmp_path / "m.skflow"), *FAST]) == 0
+    est, ref = FlowDensity.load(tmp_path / "m.skflow"), FlowDensity.load(files / "model.skflow")
+    query = pd.read_csv(files / "new.csv")
+    np.testing.assert_array_equal(est.score_samples(query), ref.score_samples(query))
+
+
+def test_integer_columns_are_sampled_as_integers_and_floats_without_noise_digits(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame(
+        {
+            "n": rng.poisson(4, 300),
+            "x": rng.normal(size=300).round(4),
+            "flag": rng.integers(0, 2, 300),
+        }
+    )
+    data.to_csv(tmp_path / "d.csv", index=False)
+    model, out = tmp_path / "m.skflow", tmp_path / "s.csv"
+    assert main(["fit", str(tmp_path / "d.csv"), "--out", str(model), *FAST]) == 0
+    assert main(["sample", str(model), "-n", "50", "--random-state", "0", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()[1:]
+    n, x, flag = zip(*(line.split(",") for line in lines), strict=True)
+    assert all(v.lstrip("-").isdigit() for v in n + flag) and set(flag) <= {"0", "1"}
+    mantissas = [v.split("e")[0].replace("-", "").replace(".", "").lstrip("0") for v in x]
+    assert max(map(len, mantissas)) <= 9  # float32's digits
+    # Scores too.
+    assert main(["score", str(model), str(tmp_path / "d.csv"), "--out", str(out)]) == 0
+    scores = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
+    mantissas = [v.split("e")[0].replace("-", "").replace(".", "").lstrip("0") for v in scores]
+    assert max(map(len, mantissas)) <= 9
+
+
+def test_a_pandas_index_column_is_refused(tmp_path, capsys):
+    X, _ = make_moons(n_samples=60, noise=0.1, random_state=0)
+    pd.DataFrame(X, columns=["a", "b"]).to_csv(tmp_path / "i.csv")  # index written
+    assert main(["fit", str(tmp_path / "i.csv"), "--out", str(tmp_path / "m"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "the first column has no name and holds the row numbers" in err
+    assert "index=False" in err
+
+
+def test_infinite_values_are_located(tmp_path, capsys):
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n3,inf\n5,6\n")
+    assert main(["fit", str(tmp_path / "d.csv"), "--out", str(tmp_path / "m"), *FAST]) == 2
+    assert "column 'b' has an infinite value (inf) in data row 2" in capsys.readouterr().err
+
+
+def test_scoring_a_file_without_header_uses_the_models_column_names(files, tmp_path, capsys):
+    pd.read_csv(files / "new.csv").to_csv(tmp_path / "q.csv", index=False, header=False)
+    out = tmp_path / "s.csv"
+    assert (
+        main(["score", str(files / "model.skflow"), str(tmp_path / "q.csv"), "--out", str(out)])
+        == 0
+    )
+    assert "has no header: its columns are taken as the training file's (width, height)" in (
+        capsys.readouterr().err
+    )
+    assert (
+        main(
+            [
+                "score",
+                str(files / "model.skflow"),
+                str(files / "new.csv"),
+                "--out",
+                str(tmp_path / "r.csv"),
+            ]
+        )
+        == 0
+    )
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(tmp_path / "r.csv"))
