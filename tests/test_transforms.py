@@ -104,6 +104,24 @@ KIND_CASES = {
     )
     for kind in KINDS
 }
+# The kinds' non-default options.
+KIND_CASES.update(
+    {
+        f"kind={kind} {options}": (
+            lambda d, kind=kind, options=options: build_transform(
+                kind, d, n_layers=3, hidden_units=HIDDEN, **options
+            )
+        )
+        for kind, options in [
+            ("maf", {"batch_norm": True}),
+            ("realnvp", {"batch_norm": True}),
+            ("nice", {"batch_norm": True}),
+            ("nsf", {"variant": "coupling"}),
+            ("nsf", {"n_bins": 3, "tail_bound": 1.0}),
+            ("cnf", {"solver": "rk4", "n_steps": 40}),
+        ]
+    }
+)
 CASES = {**LAYERS, **KIND_CASES}
 
 
@@ -159,6 +177,18 @@ def test_gradients_reach_every_parameter(name):
         assert p.grad is not None, f"{pname} received no gradient"
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
         assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", sorted(KIND_CASES))
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_kinds_are_exact_at_any_width(name, d):
+    # The contract above at D = 4, again at other widths: one column (no
+    # conditioner input), two (a coupling conditions on one), an odd five.
+    t = _make(name, d)
+    x = torch.randn(4, d, dtype=torch.float64)
+    z, ladj = t(x)
+    torch.testing.assert_close(t.inverse(z)[0], x, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ladj, _jacobian_logdet(t, x), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(KIND_CASES))
