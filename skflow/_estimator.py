@@ -472,9 +472,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         The conditioner widths used (``hidden_units`` resolved).
     nfe_ : dict
         Only for ``"cnf"``: vector-field evaluations. ``"fit_total"`` in
-        training solves (0 under flow matching, which solves no ODE; all
-        fits of a ``warm_start`` flow), ``"fit_per_solve"`` per training
-        batch, ``"last_solve"`` for the scoring solve that sets ``offset_``
+        training solves (0 under flow matching, which solves no ODE; with
+        ``adjoint=True``, the backward solves too; all fits of a
+        ``warm_start`` flow), ``"fit_per_solve"`` per training batch, ``"last_solve"`` for the scoring solve that sets ``offset_``
         at the end of ``fit``.
     dequantization_ : ndarray of shape (n_features_in_,)
         Resolution of each discrete feature (its smallest gap between
