@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from skflow import __version__
 from skflow._estimator import FlowDensity
@@ -48,9 +49,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------ reading
-def _has_header(text: str, path: str) -> bool:
+# Bytes read to guess whether the first line is a header.
+_HEAD_BYTES = 1 << 16
+
+
+def _has_header(head: bytes, path: str) -> bool:
     """A first line with any non-numeric field is a header (blank lines
-    before it are skipped, as pandas skips them)."""
+    before it are skipped, as pandas skips them). ``head``: the file's
+    first bytes."""
+    text = head.decode("utf-8-sig", errors="replace")
     rows = csv.reader(io.StringIO(text, newline=""))
     first = next((r for r in rows if len(r) > 1 or (r and r[0].strip())), None)
     if not first:
@@ -71,20 +78,22 @@ def read_table(path: str, header: bool | None):
         import pandas as pd
     except ImportError:
         raise CLIError("the command line reads CSV files with pandas: pip install pandas") from None
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        elif not Path(path).is_file():
-            raise CLIError(f"{path}: no such file.")
-        else:
-            text = Path(path).read_text()
-    except UnicodeDecodeError as exc:
-        raise CLIError(f"{path} is not a readable CSV file: {_one_line(exc)}") from None
+    if path == "-":
+        # Bytes (one per character), read once: standard input cannot rewind.
+        source = io.BytesIO(sys.stdin.buffer.read())
+        head, path = source.getvalue()[:_HEAD_BYTES], "standard input"
+    elif not Path(path).is_file():
+        raise CLIError(f"{path}: no such file.")
+    else:
+        source = path  # pandas streams the file itself
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
     if header is None:
-        header = _has_header(text, path)
+        header = _has_header(head, path)
     try:
-        df = pd.read_csv(io.StringIO(text), header=0 if header else None)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        # UTF-8 whatever the locale (a BOM, as spreadsheets write, is skipped).
+        df = pd.read_csv(source, header=0 if header else None, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise CLIError(f"{path} is not a readable CSV file: {_one_line(exc)}") from None
     if df.shape[0] == 0:
         raise CLIError(f"{path} has no data rows.")
@@ -125,19 +134,35 @@ def read_table(path: str, header: bool | None):
                 f"{path}: {name} has an infinite value ({values.iloc[row]}) in data row "
                 f"{row + 1}; drop those rows or clip the values first."
             )
-        is_int = pd.api.types.is_integer_dtype(numeric)
-        df[column] = numeric.astype(np.int64 if is_int else float)
+        # Signed integers stay integers (uint64 would wrap in int64).
+        df[column] = numeric.astype(np.int64 if numeric.dtype.kind == "i" else float)
     if header:
         df.columns = [str(c) for c in df.columns]
         return df
     return df.to_numpy()
 
 
-def _write_table(frame, out: str | None, dtype: str) -> None:
-    # A float32 model's numbers to the 9 digits that restore them exactly,
-    # not the 17 of their float64 copies (895.181671, not 895.1816711425781).
-    float_format = "%.9g" if dtype == "float32" else None
-    frame.to_csv(sys.stdout if out is None else out, index=False, float_format=float_format)
+class _ReaderGone(Exception):
+    """Standard output's reader stopped early (``| head``)."""
+
+
+def _write_table(frame, out: str | None, float_format: str | None = None) -> None:
+    if out is not None:
+        frame.to_csv(out, index=False, float_format=float_format)
+        return
+    try:
+        frame.to_csv(sys.stdout, index=False, float_format=float_format)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # What the reader read is fine; nothing more can reach it, and the
+        # interpreter's last flush at exit must not fail either.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            pass  # a stdout without a file descriptor (a notebook, a test)
+        raise _ReaderGone from None
 
 
 # ----------------------------------------------------------------- commands
@@ -259,7 +284,7 @@ def _fit(args: argparse.Namespace) -> None:
         est = FlowDensity(kind=args.kind or "maf", **params)
     else:
         # Options given change the loaded model's parameters; one that
-        # reshapes the flow is refused by fit with a message naming it.
+        # reshapes the flow is refused below, naming it.
         if args.kind is not None:
             params["kind"] = args.kind
         est = _load(args.resume)
@@ -323,13 +348,17 @@ def _score(args: argparse.Namespace) -> None:
     log_density = est.score_samples(X)
     outlier = (log_density < est.offset_).astype(int)
     frame = pd.DataFrame({"log_density": log_density, "outlier": outlier})
-    _write_table(frame, args.out, est.dtype)
+    # A float32 model's scores to the 9 digits that restore them exactly, not
+    # the 17 of their float64 copies.
+    float32 = est._flow_dtype() == torch.float32
+    _write_table(frame, args.out, "%.9g" if float32 else None)
 
 
 def _sample(args: argparse.Namespace) -> None:
     est = _load(args.model)
+    # (Every digit: the draws are shifted back by center_ in float64.)
     frame = est.sample(args.n_samples, random_state=args.random_state, as_frame=True)
-    _write_table(frame, args.out, est.dtype)
+    _write_table(frame, args.out)
 
 
 def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
@@ -363,11 +392,8 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"skflow {__version__}")
-    parser.add_argument(
-        "--traceback",
-        action="store_true",
-        help="on an error, show Python's full traceback instead of one line (for bug reports)",
-    )
+    traceback_help = "on an error, show Python's full traceback instead of one line (bug reports)"
+    parser.add_argument("--traceback", action="store_true", help=traceback_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add_header_flags(sub: argparse.ArgumentParser) -> None:
@@ -454,6 +480,11 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
     sample.add_argument("--random-state", type=int, help="seed for reproducible draws")
     sample.add_argument("--out", help="CSV file to write (default: standard output)")
     sample.set_defaults(run=_sample)
+    for command in (fit, score, sample):
+        # (Also after the command; SUPPRESS keeps a flag given before it.)
+        command.add_argument(
+            "--traceback", action="store_true", default=argparse.SUPPRESS, help=traceback_help
+        )
     return parser
 
 
@@ -483,7 +514,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "skflow") -> int:
     Returns
     -------
     status : int
-        0 on success, 2 on a user error (reported as one line on stderr).
+        0 on success, 2 on a user error (reported as one line on stderr),
+        141 when standard output's reader stopped early (``| head``).
 
     Examples
     --------
@@ -497,11 +529,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "skflow") -> int:
         warnings.showwarning = _warning_printer(prog)
         try:
             args.run(args)
-        except BrokenPipeError:
-            # The reader stopped early (``| head``): what it read is fine, so
-            # quietly stop writing, as Unix tools do (status 128 + SIGPIPE).
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # (nothing left to flush at exit)
+        except _ReaderGone:
+            # Quietly, as Unix tools do (status 128 + SIGPIPE).
             return 141
         except (CLIError, OSError, ValueError, TypeError) as exc:
             # OSError: unreadable/unwritable paths; ValueError/TypeError: the

@@ -474,8 +474,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         Only for ``"cnf"``: vector-field evaluations. ``"fit_total"`` in
         training solves (0 under flow matching, which solves no ODE; with
         ``adjoint=True``, the backward solves too; all fits of a
-        ``warm_start`` flow), ``"fit_per_solve"`` per training batch, ``"last_solve"`` for the scoring solve that sets ``offset_``
-        at the end of ``fit``.
+        ``warm_start`` flow), ``"fit_per_solve"`` per training batch,
+        ``"last_solve"`` for the scoring solve that sets ``offset_`` at the
+        end of ``fit``.
     dequantization_ : ndarray of shape (n_features_in_,)
         Resolution of each discrete feature (its smallest gap between
         values; 0 for continuous features).

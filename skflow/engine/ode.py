@@ -97,6 +97,8 @@ def draw_probes(
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# Float32 sign, exponent and the top 11 mantissa bits: what keys a row.
+_KEY_MASK = np.uint64(0xFFFFF000)
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -115,11 +117,15 @@ def keyed_draws(rows: Tensor, n: int, width: int, kind: str, seed: int) -> Tenso
     only on each row's values and ``seed``, not on the other rows or the
     row's position: a row's Hutchinson probes and augmentation noise, and so
     its score, are the same whatever it is scored with. Counter-based: each
-    row's key is a SplitMix64 hash of its float64 values; a signs draw takes
+    row's key is a SplitMix64 hash of its values, rounded to 11 significant
+    bits (relative steps of about 5e-4), so that round-off in the layers in
+    front (a whitening matmul adds in another order for another batch size)
+    almost never changes it; a signs draw takes
     64 signs from each hashed word, a normal one (Box-Muller) its two
     32-bit halves as uniforms."""
     # (+ 0.0 makes -0.0 and 0.0 one key, as they are one value.)
-    bits = np.ascontiguousarray((rows.detach().double() + 0.0).cpu().numpy()).view(np.uint64)
+    values = (rows.detach().cpu().float() + 0.0).numpy()
+    bits = np.ascontiguousarray(values).view(np.uint32).astype(np.uint64) & _KEY_MASK
     key = _splitmix64(np.full(bits.shape[0], seed, dtype=np.uint64))
     for column in bits.T:
         key = _splitmix64(key ^ column)

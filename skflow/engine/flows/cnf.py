@@ -39,9 +39,11 @@ Two training methods:
 Scoring (eval mode) uses the exact trace -- ``D`` vector-Jacobian products
 batched into one backward pass -- up to ``exact_max_dim`` dimensions, and
 above that Hutchinson's estimate with ``score_probes`` probes. The probes
-(and the augmentation noise below) are drawn from each row's own values and
-a seed fixed when the flow is built, so repeated scores are identical and a
-row's estimate does not depend on the rows scored beside it. An adaptive
+(and the augmentation noise below) are drawn from each row's own values
+(rounded to about 5e-4 relative, so round-off in the layers in front almost
+never changes them) and a seed fixed when the flow is built, so repeated
+scores are identical and a row's estimate does not depend on the rows
+scored beside it. An adaptive
 solver picks one step sequence for the whole batch, so a row's score can
 still move within the tolerance with the rows scored beside it; the
 fixed-step solvers make scores batch-invariant.
