@@ -47,7 +47,7 @@ from skflow._preprocessing import (
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.diagnostics import round_trip_error
-from skflow.engine.flows import SHAPE_OPTIONS, kind_options
+from skflow.engine.flows import SHAPE_OPTIONS
 from skflow.engine.training import eval_chunk
 from skflow.engine.transforms import Affine, Compose, LogTails, PiecewiseLinear, without_log_det
 from skflow.exceptions import InvertibilityWarning
@@ -865,22 +865,17 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 f"{name} is a FlowDensity parameter, not a kind option: pass "
                 f"FlowDensity(kind={self.kind!r}, {name}=...) instead of kind_options."
             )
-        unknown = sorted(set(options) - set(kind_options(self.kind)))
-        if unknown:
-            raise ValueError(
-                f"kind_options {unknown} are not options of kind={self.kind!r}; its options "
-                f"are {kind_options(self.kind)} (see the kinds guide)."
-            )
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only (flows are built on the CPU):
             # torch.manual_seed would also reseed the user's GPU generators.
             torch.random.default_generator.manual_seed(seed)
             try:
                 return self._build_flow(n_features, hidden_units)
-            except TypeError as exc:
-                raise TypeError(
+            except (TypeError, ValueError) as exc:
+                # The engine names the kind's options (and what is wrong).
+                raise type(exc)(
                     f"kind_options={self.kind_options!r} are not valid for "
-                    f"kind={self.kind!r}: {exc}"
+                    f"kind={self.kind!r}: {str(exc).rstrip('.')} (see the kinds guide)."
                 ) from None
 
     def _batch_size(self, n_train: int, flow: Flow) -> int:

@@ -212,7 +212,7 @@ def test_max_time_stops_training(moons):
         (dict(device="tpu"), "device"),
         (dict(dtype="float16"), "dtype"),
         (dict(kind_options={"no_such_option": 1}), "kind_options"),
-        (dict(kind_options={"n_bins": 3}), r"kind='maf'; its options are \['batch_norm'\]"),
+        (dict(kind_options={"n_bins": 3}), r"no option 'n_bins'; its options are \['batch_norm'\]"),
         (dict(kind_options={"n_layers": 3}), "n_layers is a FlowDensity parameter"),
         (dict(kind_options={"batch_norm": "yes"}), "batch_norm must be True or False"),
     ],

@@ -57,11 +57,11 @@ def kind_options(kind: str) -> list[str]:
 
 def build_transform(kind: str, n_features: int, **options: object) -> Transform:
     """Build the transform of flow family ``kind`` for ``n_features`` features."""
-    builder = _builder(kind)
-    unknown = sorted(set(options) - {*SHAPE_OPTIONS, *kind_options(kind)})
+    builder, allowed = _builder(kind), kind_options(kind)
+    unknown = sorted(set(options) - {*SHAPE_OPTIONS, *allowed})
     if unknown:
         raise ValueError(
             f"kind={kind!r} has no option {', '.join(map(repr, unknown))}; "
-            f"its options are {kind_options(kind)}."
+            f"its options are {allowed}."
         )
     return builder(n_features, **options)
