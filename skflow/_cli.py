@@ -101,14 +101,16 @@ def read_table(path: str, header: bool | None):
     if (
         header
         and str(df.columns[0]).startswith("Unnamed: 0")
-        and (
-            pd.api.types.is_integer_dtype(first) and (first.to_numpy() == np.arange(len(df))).all()
-        )
+        and pd.api.types.is_integer_dtype(first)
+        # Row labels: 0, 1, 2, ... or what is left of them after filtering rows.
+        and first.is_unique
+        and first.is_monotonic_increasing
     ):
         raise CLIError(
-            f"{path}: the first column has no name and holds the row numbers 0, 1, 2, ... "
-            "(an index, as pandas' to_csv writes by default), not a feature: write the file "
-            "with to_csv(..., index=False), or drop that column."
+            f"{path}: the first column has no name and holds increasing row labels "
+            f"({', '.join(map(str, first.iloc[:3]))}, ...): an index, as pandas' to_csv writes "
+            "by default, not a feature. Write the file with to_csv(..., index=False), or drop "
+            "that column."
         )
     for pos, column in enumerate(df.columns):
         values = df[column]

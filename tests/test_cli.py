@@ -348,13 +348,23 @@ def test_integer_columns_are_sampled_as_integers_and_scores_without_noise_digits
     assert max(map(len, mantissas)) <= 9
 
 
-def test_a_pandas_index_column_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("rows", [slice(None), slice(None, None, 3)], ids=["all", "filtered"])
+def test_a_pandas_index_column_is_refused(tmp_path, capsys, rows):
     X, _ = make_moons(n_samples=60, noise=0.1, random_state=0)
-    pd.DataFrame(X, columns=["a", "b"]).to_csv(tmp_path / "i.csv")  # index written
+    # Index written, by default: 0, 1, 2, ... or a filtered frame's 0, 3, 6, ...
+    pd.DataFrame(X, columns=["a", "b"]).iloc[rows].to_csv(tmp_path / "i.csv")
     assert main(["fit", str(tmp_path / "i.csv"), "--out", str(tmp_path / "m"), *FAST]) == 2
     err = capsys.readouterr().err
-    assert "the first column has no name and holds the row numbers" in err
+    assert "the first column has no name and holds increasing row labels" in err
     assert "index=False" in err
+
+
+def test_an_unnamed_feature_column_is_kept(tmp_path):
+    # No name, but not row labels (repeats): a feature.
+    X, _ = make_moons(n_samples=60, noise=0.1, random_state=0)
+    data = pd.DataFrame({"": np.arange(60) % 7, "a": X[:, 0], "b": X[:, 1]})
+    data.to_csv(tmp_path / "u.csv", index=False)
+    assert main(["fit", str(tmp_path / "u.csv"), "--out", str(tmp_path / "m"), *FAST]) == 0
 
 
 def test_infinite_values_are_located(tmp_path, capsys):
