@@ -48,6 +48,7 @@ from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.flows import SHAPE_OPTIONS
+from skflow.engine.rng import drawing_from, seeded_global_rng
 from skflow.engine.training import eval_chunk
 from skflow.engine.transforms import Affine, Compose, LogTails, PiecewiseLinear, without_log_det
 from skflow.exceptions import InvertibilityWarning
@@ -865,10 +866,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 f"{name} is a FlowDensity parameter, not a kind option: pass "
                 f"FlowDensity(kind={self.kind!r}, {name}=...) instead of kind_options."
             )
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only (flows are built on the CPU):
-            # torch.manual_seed would also reseed the user's GPU generators.
-            torch.random.default_generator.manual_seed(seed)
+        # (Layers draw their initial weights from torch's global CPU
+        # generator: flows are built on the CPU.)
+        with seeded_global_rng(seed):
             try:
                 return self._build_flow(n_features, hidden_units)
             except (TypeError, ValueError) as exc:
@@ -985,23 +985,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             return torch.tensor(a, dtype=dtype).to(device)
 
         batch_size = self._batch_size(len(train_idx), flow)
-        generator = torch.Generator().manual_seed(seed)
         desc = f"FlowDensity({self.kind!r})"
-        # Layers that draw noise while training (Hutchinson probes, flow
-        # matching) use torch's RNG on the CPU and the training device: seed
-        # those (not torch.manual_seed, which reseeds every GPU), so fit is
-        # reproducible, and restore them after.
-        rng_devices = [device] if device.type == "cuda" else []
-        with (
-            torch.random.fork_rng(devices=rng_devices),
-            epoch_progress(self.verbose, self.max_iter, desc) as on_epoch,
-        ):
-            torch.random.default_generator.manual_seed(seed)
-            if device.type == "cuda":
-                with torch.cuda.device(device):
-                    torch.cuda.manual_seed(seed)
-            elif device.type == "mps":
-                torch.mps.manual_seed(seed)  # (fork_rng cannot restore it)
+        with epoch_progress(self.verbose, self.max_iter, desc) as on_epoch:
             result = train_flow(
                 flow,
                 as_tensor(X_train - center),
@@ -1016,7 +1001,11 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 weight_decay=self.weight_decay,
                 n_iter_no_change=self.n_iter_no_change,
                 tol=self.tol,
-                generator=generator,
+                # Minibatch orders on the CPU; the noise drawn while training
+                # (dequantization, the layers' own) on the device: no
+                # transfers, and never torch's global generators.
+                generator=torch.Generator().manual_seed(seed),
+                noise_generator=torch.Generator(device=device).manual_seed(seed),
                 max_time=self.max_time,
                 on_epoch=on_epoch,
                 compile=self.compile,
@@ -1081,7 +1070,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             self.feature_dtypes_ = column_dtypes
         else:
             self.__dict__.pop("feature_dtypes_", None)
-        self.reconstruction_error_ = self._check_invertibility(X_train, rng)
+        self.reconstruction_error_ = self._check_invertibility(X_train, rng, seed)
         # What save() writes: the parameters this flow was built with, even
         # if set_params changes them before the next fit.
         self._fitted_params = copy.deepcopy(self.get_params(deep=False))
@@ -1151,10 +1140,11 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 stacklevel=5,
             )
 
-    def _check_invertibility(self, X: np.ndarray, rng: np.random.RandomState) -> float:
+    def _check_invertibility(self, X: np.ndarray, rng: np.random.RandomState, seed: int) -> float:
         """Largest round-trip error ``|x - T^{-1}(T(x))|`` on (a subsample of)
         the training rows, in standard deviations of each column; warns when
-        the inverse is numerically broken."""
+        the inverse is numerically broken. (``seed``: for layers that draw
+        while inverting, augmented continuous flows.)"""
         if X.shape[0] > INVERTIBILITY_ROWS:
             X = X[rng.choice(X.shape[0], INVERTIBILITY_ROWS, replace=False)]
         # The spread the flow sees: dequantization noise included, so a
@@ -1162,7 +1152,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         scale = np.sqrt(X.var(axis=0) + self.dequantization_**2 / 12.0)
         scale = np.where(scale > 0, scale, 1.0)
         rows = torch.tensor(X - self.center_, dtype=self._flow_dtype()).to(self.device_)
-        err = round_trip_error(self.flow_.transform, rows).cpu().double().numpy()
+        with drawing_from(torch.Generator().manual_seed(seed)):
+            err = round_trip_error(self.flow_.transform, rows).cpu().double().numpy()
         error = float((err / scale).max())
         # Inverses computed numerically (ODE solves) are exact only to their
         # solver tolerance, which the layer reports.
@@ -1771,6 +1762,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             # The first fit's validation split, for warm fits of the loaded
             # model (a RandomState state and two sizes).
             header["split"] = _persistence.encode(self._split, "_split")
+        output = self.__dict__.get("_sklearn_output_config")
+        if output:  # set_output(transform=...), as pickle would keep it
+            header["output"] = _persistence.encode(output, "set_output")
         _persistence.write(path, header, self.flow_.state_dict())
         return self
 
@@ -1841,6 +1835,15 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             split = (
                 _checked_split(_persistence.decode(header["split"])) if "split" in header else None
             )
+            if "output" in header:
+                output = _persistence.decode(header["output"])
+                if not (
+                    isinstance(output, dict)
+                    and set(output) <= {"transform"}
+                    and set(output.values()) <= {"default", "pandas", "polars"}
+                ):
+                    raise ValueError(f"its set_output setting {output!r} is not one sklearn knows")
+                est.set_output(**output)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             problem = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ValueError(

@@ -84,6 +84,16 @@ def test_round_trip_keeps_feature_names(tmp_path):
         loaded.score_samples(df.rename(columns={"left": "other"}))
 
 
+def test_round_trip_keeps_set_output(fitted, tmp_path):
+    pd = pytest.importorskip("pandas")
+    est = FlowDensity(**FAST).set_output(transform="pandas").fit(X)
+    loaded = FlowDensity.load(est.save(tmp_path / "m.safetensors") and tmp_path / "m.safetensors")
+    assert isinstance(loaded.transform(X), pd.DataFrame)
+    assert isinstance(
+        FlowDensity.load(fitted.save(tmp_path / "d") and tmp_path / "d").transform(X), np.ndarray
+    )
+
+
 def test_new_fitted_attributes_are_saved_generically(fitted, tmp_path):
     est = pickle.loads(pickle.dumps(fitted))
     est.extra_ = {"counts": (1, 2), "names": ["a"], "weights": np.arange(3.0)}
@@ -260,6 +270,11 @@ def _resave(path, edit_header=None, edit_tensors=None):
             None,
             "its validation split is not one fit could have written",
         ),
+        (
+            lambda h: h.update(output={"__dict__": {"transform": "excel"}}),
+            None,
+            "transform",
+        ),
     ],
     ids=[
         "layers",
@@ -276,6 +291,7 @@ def _resave(path, edit_header=None, edit_tensors=None):
         "float16",
         "split size",
         "split generator",
+        "output",
     ],  # fmt: skip
 )
 def test_incompatible_contents_fail_clearly(saved, edit_header, edit_tensors, match):

@@ -466,6 +466,34 @@ def test_bitwise_reproducible_across_fits_and_processes():
     assert json.loads(out.stdout) == first
 
 
+def test_fits_in_threads_match_fits_alone_and_leave_the_global_rng_alone():
+    # Threads share torch's global generators: fits running at once (joblib's
+    # threading backend) must not draw each other's initial weights or
+    # training noise, and must leave those generators as they were.
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Integer codes (dequantized) and every kind of layer noise.
+    data = np.c_[X, np.random.default_rng(0).integers(0, 4, len(X))]
+    cases = [
+        ("maf", {}),
+        ("glow", {}),
+        ("cnf", {"kind_options": {"training": "flow_matching", "augment_dims": 1}}),
+        ("cnf", {"kind_options": {"training": "mle", "trace": "hutchinson"}, "max_iter": 2}),
+    ]
+
+    def fingerprint(case):
+        kind, params = case
+        return _fingerprint(FlowDensity(kind=kind, **{**FAST, **params}).fit(data), data)
+
+    alone = [fingerprint(case) for case in cases]
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(fingerprint, cases * 2))
+    assert together == alone * 2
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 # ------------------------------------------------------------------------- load
 def test_scoring_and_sampling_in_chunks_match_one_pass(fitted, monkeypatch):
     # Chunks bound the memory of huge inputs (benchmarks/memory.py measures

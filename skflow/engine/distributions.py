@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from skflow.engine.rng import drawing_from
 from skflow.engine.transforms import Compose, Transform
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -110,13 +111,10 @@ class Flow(nn.Module):
         if generator is None:
             return self._invert(z)
         # Layers that draw noise of their own while sampling (augmented
-        # continuous flows) take it from torch's CPU RNG, seeded from
-        # ``generator`` so samples stay reproducible.
+        # continuous flows) take it from a generator seeded from
+        # ``generator``, so samples stay reproducible.
         seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
-        with torch.random.fork_rng(devices=[]):
-            # Not torch.manual_seed, which would also reseed GPU generators
-            # that fork_rng(devices=[]) does not restore.
-            torch.random.default_generator.manual_seed(seed)
+        with drawing_from(torch.Generator(device=generator.device).manual_seed(seed)):
             return self._invert(z)
 
     def _invert(self, z: Tensor) -> Tensor:

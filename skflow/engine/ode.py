@@ -22,6 +22,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from skflow.engine.rng import draw
+
 # Rows per exact assignment in :func:`ot_pairing`: the Hungarian algorithm
 # costs O(rows^3) (2.3 ms for 256 rows on one CPU core, 13 ms for 512), so
 # larger batches are paired block by block.
@@ -87,13 +89,10 @@ def draw_probes(
 ) -> Tensor:
     """Hutchinson probes of shape ``(n_probes, *like.shape)`` with
     ``E[eps eps^T] = I``: Rademacher (random signs, lower variance) or Gaussian.
-    With a generator they are drawn on its device (CPU for reproducibility)."""
-    shape = (n_probes, *like.shape)
-    device = generator.device if generator is not None else like.device
-    eps = torch.randn(shape, generator=generator, device=device, dtype=like.dtype)
-    if kind == "rademacher":
-        eps = eps.sign()
-    return eps.to(like.device)
+    Drawn as :func:`~skflow.engine.rng.draw` does: from ``generator``, else
+    the thread's noise generator, else torch's global one."""
+    eps = draw((n_probes, *like.shape), like, generator=generator)
+    return eps.sign() if kind == "rademacher" else eps
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from skflow.engine.distributions import Flow
 from skflow.engine.ode import SolverUnderflow, underflow_as_error
+from skflow.engine.rng import draw, drawing_from
 from skflow.engine.transforms import ActNorm, Compose
 
 EVAL_CHUNK = 65536
@@ -281,7 +282,7 @@ def _params_finite(flow: Flow) -> bool:
 
 def _dequantized(x: Tensor, half: Tensor) -> Tensor:
     """``x`` plus fresh uniform noise on ``[-half, half]``."""
-    return x + (torch.rand_like(x) - 0.5) * 2 * half
+    return x + (draw(x.shape, x, normal=False) - 0.5) * 2 * half
 
 
 def _split_loss(
@@ -439,6 +440,7 @@ def train_flow(
     compile: bool = False,
     noise: tuple[Tensor, Tensor | None] | None = None,
     weights: tuple[Tensor, Tensor | None] | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> TrainingResult:
     """Fit ``flow`` to ``X_train`` by maximum likelihood, in place.
 
@@ -464,113 +466,132 @@ def train_flow(
     weighting each row's loss keeps the objective of layers that pair rows
     within a minibatch (flow matching's optimal-transport pairing between
     noise and data) right.
+
+    Randomness: ``generator`` (a CPU generator) draws the minibatch orders;
+    ``noise_generator`` (on the training device or the CPU) the noise drawn
+    while training: dequantization and the layers' own draws (flow
+    matching's noise and times, Hutchinson probes). None: torch's global
+    generators, which threads share (see :mod:`skflow.engine.rng`).
     """
-    result = TrainingResult()
-    params = [p for p in flow.parameters() if p.requires_grad]
-    if not params:  # nothing to learn (e.g. a purely fixed transform)
-        result.stop_reason = "converged"
-        return result
-    optimizer = _make_optimizer(params, learning_rate, weight_decay)
-    n = X_train.shape[0]
-    batch_size = min(batch_size, n)
-    # Drop a ragged last batch unless it is the only one: tiny batches give
-    # noisy steps and break batch-statistics layers.
-    n_batches = max(n // batch_size, 1)
-    start_time = time.monotonic()
-    half, half_val = _noise_half_widths(flow, X_train, X_val, noise)
-    noisy = bool((half > 0).any())
-    if noisy and X_val is not None:
-        X_val = _dequantized(X_val, half_val)
-    w_train, w_val = _checked_weights(X_train, X_val, weights)
-    batch_inputs, batch_loss = _split_loss(flow, X_train, half, noisy)
-    draws = None if w_train is None else _WeightedDraws(w_train)
-    if w_val is not None:
-        # The largest is 1 in the loss's dtype: the weighted mean's
-        # denominator is at least 1 (tinier weights may round to 0).
-        w_val = _scaled_weights(w_val).to(device=X_val.device, dtype=X_val.dtype)
-    ema = _ExponentialAverage(params, flow.ema_decay) if flow.ema_decay else None
-    _initialize_actnorm(flow, _dequantized(X_train, half) if noisy else X_train, generator, draws)
-    blocking = sorted(
-        {type(m).__name__ for m in flow.modules() if not getattr(m, "compilable", True)}
-    )
-    if compile and blocking:
-        result.compile_error = f"torch.compile is not supported for {', '.join(blocking)} layers"
-    elif compile:
-        flow.train()
-        first = batch_inputs(torch.arange(batch_size, device=X_train.device))
-        batch_loss = _compile_soft(batch_loss, first, params, result)
-    try:
-        best_score = (
-            validation_score(flow, X_val, weights=w_val) if X_val is not None else -math.inf
-        )
-    except SolverUnderflow:
-        best_score = -math.inf
-    if not math.isfinite(best_score) and X_val is not None:
-        best_score = -math.inf
-    best_state = _snapshot(flow)
-    stall = 0
-    deadline = start_time + max_time if max_time is not None else None
-
-    def step(idx: Tensor) -> Tensor:
-        # (An ODE solve can fail in backward too: the adjoint's.)
-        with underflow_as_error():
-            loss = batch_loss(*batch_inputs(idx))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        _clip_grad_norm(params, clip_grad)
-        optimizer.step()
-        if ema is not None:
-            ema.update()
-        return loss.detach()
-
-    flow.train()
-    for epoch in range(1, max_iter + 1):
-        perm = torch.randperm(n, generator=generator) if draws is None else draws.epoch(generator)
-        train_loss, out_of_time = _run_epoch(
-            step, perm.to(X_train.device), batch_size, n_batches, deadline
-        )
-        result.n_iter = epoch
-        result.loss_curve.append(train_loss)
-        if ema is not None:
-            ema.swap()  # validate (and keep as best) the averaged weights
-        try:
-            val_score = validation_score(flow, X_val, weights=w_val) if X_val is not None else None
-        except SolverUnderflow:
-            val_score = math.nan
-
-        monitored = val_score if val_score is not None else -train_loss
-        if not (math.isfinite(train_loss) and math.isfinite(monitored)) or not _params_finite(flow):
-            result.stop_reason = "diverged"
-            result.loss_curve[-1] = train_loss if math.isfinite(train_loss) else math.nan
-            if val_score is not None:
-                result.validation_scores.append(val_score if math.isfinite(val_score) else math.nan)
-            flow.load_state_dict(best_state)
-            break
-        if val_score is not None:
-            result.validation_scores.append(val_score)
-        if on_epoch is not None:
-            on_epoch(epoch, train_loss, val_score)
-
-        if monitored > best_score + tol:
-            stall = 0
-        else:
-            stall += 1
-        if monitored > best_score:
-            best_score = monitored
-            result.best_epoch = epoch
-            best_state = _snapshot(flow)
-        if ema is not None:
-            ema.swap()
-        if out_of_time:
-            result.stop_reason = "max_time"
-            break
-        if stall >= n_iter_no_change:
+    with drawing_from(noise_generator):
+        result = TrainingResult()
+        params = [p for p in flow.parameters() if p.requires_grad]
+        if not params:  # nothing to learn (e.g. a purely fixed transform)
             result.stop_reason = "converged"
-            break
-    result.best_score = best_score
-    if X_val is not None and result.stop_reason != "diverged":
-        flow.load_state_dict(best_state)
-    elif ema is not None and result.stop_reason != "diverged":
-        ema.swap()  # without validation, keep the averaged final weights
-    flow.eval()
-    return result
+            return result
+        optimizer = _make_optimizer(params, learning_rate, weight_decay)
+        n = X_train.shape[0]
+        batch_size = min(batch_size, n)
+        # Drop a ragged last batch unless it is the only one: tiny batches give
+        # noisy steps and break batch-statistics layers.
+        n_batches = max(n // batch_size, 1)
+        start_time = time.monotonic()
+        half, half_val = _noise_half_widths(flow, X_train, X_val, noise)
+        noisy = bool((half > 0).any())
+        if noisy and X_val is not None:
+            X_val = _dequantized(X_val, half_val)
+        w_train, w_val = _checked_weights(X_train, X_val, weights)
+        batch_inputs, batch_loss = _split_loss(flow, X_train, half, noisy)
+        draws = None if w_train is None else _WeightedDraws(w_train)
+        if w_val is not None:
+            # The largest is 1 in the loss's dtype: the weighted mean's
+            # denominator is at least 1 (tinier weights may round to 0).
+            w_val = _scaled_weights(w_val).to(device=X_val.device, dtype=X_val.dtype)
+        ema = _ExponentialAverage(params, flow.ema_decay) if flow.ema_decay else None
+        _initialize_actnorm(
+            flow, _dequantized(X_train, half) if noisy else X_train, generator, draws
+        )
+        blocking = sorted(
+            {type(m).__name__ for m in flow.modules() if not getattr(m, "compilable", True)}
+        )
+        if compile and blocking:
+            result.compile_error = (
+                f"torch.compile is not supported for {', '.join(blocking)} layers"
+            )
+        elif compile:
+            flow.train()
+            first = batch_inputs(torch.arange(batch_size, device=X_train.device))
+            batch_loss = _compile_soft(batch_loss, first, params, result)
+        try:
+            best_score = (
+                validation_score(flow, X_val, weights=w_val) if X_val is not None else -math.inf
+            )
+        except SolverUnderflow:
+            best_score = -math.inf
+        if not math.isfinite(best_score) and X_val is not None:
+            best_score = -math.inf
+        best_state = _snapshot(flow)
+        stall = 0
+        deadline = start_time + max_time if max_time is not None else None
+
+        def step(idx: Tensor) -> Tensor:
+            # (An ODE solve can fail in backward too: the adjoint's.)
+            with underflow_as_error():
+                loss = batch_loss(*batch_inputs(idx))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            _clip_grad_norm(params, clip_grad)
+            optimizer.step()
+            if ema is not None:
+                ema.update()
+            return loss.detach()
+
+        flow.train()
+        for epoch in range(1, max_iter + 1):
+            perm = (
+                torch.randperm(n, generator=generator) if draws is None else draws.epoch(generator)
+            )
+            train_loss, out_of_time = _run_epoch(
+                step, perm.to(X_train.device), batch_size, n_batches, deadline
+            )
+            result.n_iter = epoch
+            result.loss_curve.append(train_loss)
+            if ema is not None:
+                ema.swap()  # validate (and keep as best) the averaged weights
+            try:
+                val_score = (
+                    validation_score(flow, X_val, weights=w_val) if X_val is not None else None
+                )
+            except SolverUnderflow:
+                val_score = math.nan
+
+            monitored = val_score if val_score is not None else -train_loss
+            if not (math.isfinite(train_loss) and math.isfinite(monitored)) or not _params_finite(
+                flow
+            ):
+                result.stop_reason = "diverged"
+                result.loss_curve[-1] = train_loss if math.isfinite(train_loss) else math.nan
+                if val_score is not None:
+                    result.validation_scores.append(
+                        val_score if math.isfinite(val_score) else math.nan
+                    )
+                flow.load_state_dict(best_state)
+                break
+            if val_score is not None:
+                result.validation_scores.append(val_score)
+            if on_epoch is not None:
+                on_epoch(epoch, train_loss, val_score)
+
+            if monitored > best_score + tol:
+                stall = 0
+            else:
+                stall += 1
+            if monitored > best_score:
+                best_score = monitored
+                result.best_epoch = epoch
+                best_state = _snapshot(flow)
+            if ema is not None:
+                ema.swap()
+            if out_of_time:
+                result.stop_reason = "max_time"
+                break
+            if stall >= n_iter_no_change:
+                result.stop_reason = "converged"
+                break
+        result.best_score = best_score
+        if X_val is not None and result.stop_reason != "diverged":
+            flow.load_state_dict(best_state)
+        elif ema is not None and result.stop_reason != "diverged":
+            ema.swap()  # without validation, keep the averaged final weights
+        flow.eval()
+        return result

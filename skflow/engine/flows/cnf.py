@@ -87,6 +87,7 @@ from skflow.engine.ode import (
     ot_pairing,
     underflow_as_error,
 )
+from skflow.engine.rng import draw
 from skflow.engine.transforms import Transform, log_det_wanted
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
@@ -454,9 +455,9 @@ class ContinuousFlow(Transform):
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         if self.augment_dims:
             # Latent augmented coordinates are standard normal, drawn from
-            # torch's RNG (Flow.sample seeds it from its generator); the
-            # log-det returned is the joint one.
-            z = torch.cat([z, torch.randn(z.shape[0], self.augment_dims).to(z)], dim=-1)
+            # the thread's noise generator (Flow.sample sets one from its
+            # generator); the log-det returned is the joint one.
+            z = torch.cat([z, draw((z.shape[0], self.augment_dims), z)], dim=-1)
         x, ladj, _ = self._solve(z, to_data=True)
         return x[:, : self.n_features], ladj
 
@@ -491,9 +492,7 @@ class ContinuousFlow(Transform):
         x0 = draw_probes(1, x1, "gaussian", generator)[0]
         if self.coupling == "ot":
             x0 = x0[self._pairing(x0, x1, x.shape[0], fixed=generator is not None)]
-        device = generator.device if generator is not None else x.device
-        t = torch.rand(x1.shape[0], 1, generator=generator, device=device, dtype=x.dtype)
-        t = t.to(x.device)
+        t = draw((x1.shape[0], 1), x, normal=False, generator=generator)
         n_blocks = len(self.blocks)
         if n_blocks > 1:
             # Block k owns the time slice [k/K, (k+1)/K]; rows k, k + K, ...
