@@ -514,6 +514,8 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     if args.table_only:
+        if not (RESULTS / "speed.json").exists():
+            parser.error(f"no {RESULTS / 'speed.json'} yet: run python -m benchmarks.speed first")
         saved = json.loads((RESULTS / "speed.json").read_text())
         training, scoring, sampling, default_fit = (
             saved[k] for k in ("training", "scoring", "sampling", "default_fit")

@@ -10,6 +10,7 @@ option appears in the docs without editing them.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import re
 import warnings
@@ -85,8 +86,26 @@ def _generate_kind_pages() -> None:
             f'``FlowDensity(kind="{kind}", kind_options={{...}})`` calls the function below; '
             "``kind_options`` are its keyword arguments other than ``n_layers`` and "
             "``hidden_units`` (which come from the estimator's parameters).\n\n"
-            f".. autofunction:: {builder.__module__}.{builder.__name__}\n",
+            f".. autofunction:: {builder.__module__}.{builder.__name__}\n"
+            + _options_section(builder),
         )
+
+
+def _options_section(builder) -> str:
+    """For a constructor that passes ``**options`` on to a class its
+    docstring names (cnf's ContinuousFlow), that class, whose docstring
+    lists the options."""
+    takes_options = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in inspect.signature(builder).parameters.values()
+    )
+    named = re.search(r":class:`~?([\w.]+)`", builder.__doc__ or "")
+    if not (takes_options and named):
+        return ""
+    target = named.group(1)
+    if "." not in target:
+        target = f"{builder.__module__}.{target}"
+    return f"\nOptions\n-------\n\n.. autoclass:: {target}\n   :no-members:\n"
 
 
 def _generate_cli_help() -> None:

@@ -407,6 +407,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialization, the validation split and minibatch
         order. An int makes ``fit`` reproducible.
+    verbose : int, default=0
+        0 is silent. 1 shows a progress bar (in notebooks and terminals) with
+        the epoch and the training and validation loss; 2 also writes one
+        line per epoch.
     warm_start : bool, default=False
         With True, ``fit`` on a fitted estimator continues training its flow
         (on the new ``X``, for up to ``max_iter`` more epochs, with a fresh
@@ -422,19 +426,17 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         flow (``kind``, ``n_layers``, ``hidden_units``, ``dtype``,
         ``dequantize``, ``whiten``, ``gaussianize``, ``kind_options``) and
         the features must stay as fitted; the training parameters may change.
-    verbose : int, default=0
-        0 is silent. 1 shows a progress bar (in notebooks and terminals) with
-        the epoch and the training and validation loss; 2 also writes one
-        line per epoch.
 
     Attributes
     ----------
     flow_ : skflow.engine.Flow
         The fitted torch flow (standardization and the other fixed layers
-        included), on ``device_``, for rows shifted by ``center_``:
-        ``flow_.log_prob(torch.as_tensor(X - center_))`` is ``score_samples(X)``
-        (in the flow's dtype), and ``flow_.sample(n) + center_`` draws rows
-        (``sample`` also snaps discrete columns onto their values).
+        included), on ``device_``, for rows shifted by ``center_``: with
+        ``t = torch.as_tensor(X - center_, dtype=torch.float32)`` (the
+        ``dtype`` parameter) on ``device_``, ``flow_.log_prob(t)`` is
+        ``score_samples(X)``, and under ``torch.no_grad()``,
+        ``flow_.sample(n).cpu().numpy() + center_`` draws rows (``sample``
+        also snaps discrete columns onto their values).
     device_ : torch.device
         Device the flow lives on.
     n_features_in_ : int

@@ -83,6 +83,10 @@ class Flow(nn.Module):
         return getattr(self.own_objective, "ema_decay", None)
 
     def log_prob(self, x: Tensor) -> Tensor:
+        """Log-density of each row of ``x`` (shape ``(n, D)``, the flow's
+        dtype and device): a tensor of shape ``(n,)``, differentiable with
+        respect to the parameters and to ``x``. Rows that a layer cannot map
+        (a continuous flow's rows beyond its solver's range) get ``-inf``."""
         z, ladj = self.transform(x)
         # A row a layer cannot map (a continuous flow's row beyond its
         # solver) comes back with latent NaN and log-det -inf: log-density
@@ -107,6 +111,11 @@ class Flow(nn.Module):
         return own.training_loss(x, ladj)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` rows drawn from the flow, shape ``(n, D)``, on its device:
+        base draws mapped through the inverse transform (in chunks of
+        65,536 rows). With a CPU ``generator`` the draws are reproducible on
+        any device; without one they come from torch's global generator.
+        Wrap in ``torch.no_grad()`` unless you need gradients."""
         z = self.base.sample(n, generator)
         if generator is None:
             return self._invert(z)

@@ -461,7 +461,7 @@ def train_flow(
 
     ``weights`` (non-negative, per row of ``X_train`` and ``X_val``, not all
     zero) fit the weighted distribution: each epoch's minibatches are ``n``
-    rows resampled in proportion to the weights (see :class:`_WeightedDraws`),
+    rows resampled in proportion to the weights (see ``_WeightedDraws`` in the source),
     and the validation score is a weighted mean. Resampling rather than
     weighting each row's loss keeps the objective of layers that pair rows
     within a minibatch (flow matching's optimal-transport pairing between
@@ -472,6 +472,47 @@ def train_flow(
     while training: dequantization and the layers' own draws (flow
     matching's noise and times, Hutchinson probes). None: torch's global
     generators, which threads share (see :mod:`skflow.engine.rng`).
+
+    Parameters
+    ----------
+    flow : Flow
+        The flow to train, on the device of ``X_train``.
+    X_train, X_val : Tensor
+        Training and validation rows, ``(n, D)`` in the flow's dtype;
+        ``X_val`` None trains without early stopping on held-out rows.
+    max_iter : int
+        Most epochs.
+    batch_size : int
+        Rows per minibatch (at most ``n``; a ragged last batch is dropped
+        unless it is the only one).
+    learning_rate, weight_decay : float
+        AdamW's step size and decoupled weight decay.
+    n_iter_no_change : int, default=10
+        Epochs without an improvement of more than ``tol`` before stopping.
+    tol : float, default=1e-4
+        Improvement in mean log-likelihood (nats per row) that counts.
+    clip_grad : float, default=5.0
+        Largest gradient norm (all parameters together) of a step.
+    generator : torch.Generator or None
+        CPU generator of the minibatch orders.
+    max_time : float or None
+        Budget in seconds; the epoch in progress ends when it runs out.
+    on_epoch : callable or None
+        Called after each epoch as ``on_epoch(epoch, train_loss, val_score)``.
+    compile : bool, default=False
+        Train through ``torch.compile`` where the layers allow it.
+    noise : (Tensor, Tensor or None) or None
+        Dequantization half-widths shaped like ``X_train`` and ``X_val``.
+    weights : (Tensor, Tensor or None) or None
+        Row weights of ``X_train`` and ``X_val``.
+    noise_generator : torch.Generator or None
+        Source of the noise drawn while training.
+
+    Returns
+    -------
+    TrainingResult
+        Epochs run, loss and validation curves, best epoch and score, why
+        training stopped.
     """
     with drawing_from(noise_generator):
         result = TrainingResult()

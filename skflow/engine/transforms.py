@@ -610,7 +610,7 @@ class BatchNormFlow(Transform):
 
 
 def batch_normed(layer: Transform, n_features: int, enabled: bool) -> Transform:
-    """``layer`` followed by a :class:`BatchNormFlow` when ``enabled`` (the
+    """``layer`` followed by a ``BatchNormFlow`` when ``enabled`` (the
     ``batch_norm`` option of the maf, realnvp and nice kinds)."""
     if not isinstance(enabled, (bool, np.bool_)):
         raise ValueError(f"batch_norm must be True or False, got {enabled!r}.")

@@ -2,7 +2,7 @@
 
 The flow is the solution of an ODE ``dx/dt = f(x, t)`` on ``t in [0, 1]``,
 with the standard normal at ``t = 0`` and the data at ``t = 1``; ``f`` is a
-time-conditioned MLP (:class:`~skflow.engine.ode.TimeMLP`). The log-density
+time-conditioned MLP (``skflow.engine.ode.TimeMLP``). The log-density
 is the base log-density plus the integral of the divergence ``tr(df/dx)``
 along the trajectory (Chen et al. 2018, arXiv:1806.07366). ODEs are solved by
 torchdiffeq (adaptive ``dopri5`` by default, fixed-step solvers, and the
@@ -185,7 +185,7 @@ class ContinuousFlow(Transform):
     ``forward`` integrates data (``t = 1``) to latent (``t = 0``) and returns
     ``(z, log|det dz/dx|)``; ``inverse`` integrates the other way. The trace
     is Hutchinson's estimate while training with ``"mle"`` and exact
-    otherwise (``trace="auto"``). :attr:`nfe` reports the number of vector
+    otherwise (``trace="auto"``). ``nfe`` reports the number of vector
     field evaluations.
 
     Options: ``training`` (``"flow_matching"`` or ``"mle"``); ``solver``

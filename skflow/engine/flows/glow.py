@@ -30,7 +30,7 @@ Two modes:
   at the last level) a split: a coupling lets the kept half of the channels
   set the mean and scale of the other half (Glow's learned prior), and that
   half is factored out, going straight to the standard-normal base. The
-  conditioners are :class:`~skflow.engine.nn.ConvNet` with
+  conditioners are ``skflow.engine.nn.ConvNet`` with
   ``hidden_units`` channels. ``H`` and ``W`` must be divisible by
   ``2 ** n_levels``.
 """

@@ -38,7 +38,7 @@ def build_maf(
     n_features: int, *, n_layers: int, hidden_units: Sequence[int], batch_norm: bool = False
 ) -> Transform:
     """Stack of ``n_layers`` MADE affine layers with order reversal between them;
-    ``batch_norm=True`` adds a :class:`~skflow.engine.transforms.BatchNormFlow`
+    ``batch_norm=True`` adds a ``skflow.engine.transforms.BatchNormFlow``
     after each (as in the MAF paper)."""
     return reversing_stack(
         n_features,

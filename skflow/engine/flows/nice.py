@@ -8,7 +8,7 @@ density and sampling take one pass per layer and the log-det is free; the
 price is expressiveness: the density can only change its local volume
 through that single global scaling, so NICE usually needs more layers than
 RealNVP (affine couplings) for the same fit. ``batch_norm=True`` inserts a
-:class:`~skflow.engine.transforms.BatchNormFlow` after every coupling
+``skflow.engine.transforms.BatchNormFlow`` after every coupling
 (RealNVP's batch normalization, arXiv:1605.08803), which adds
 data-dependent volume change between the couplings.
 """

@@ -2,7 +2,7 @@
 
 Each layer transforms every coordinate with a monotone rational-quadratic
 spline on ``[-tail_bound, tail_bound]`` (identity outside, see
-:mod:`skflow.engine.splines`) whose bins and knot slopes come from a
+``skflow.engine.splines``) whose bins and knot slopes come from a
 conditioner network. Two variants share the spline:
 
 - ``"autoregressive"`` (RQ-NSF (AR)): a MADE conditioner, as in MAF.

@@ -11,7 +11,7 @@ enforces it strictly.
 Here the layers run in the data -> latent direction, so densities are exact
 and cost one pass. Sampling needs the inverse, which has no closed form but
 reduces to a monotone scalar equation per layer and row (see
-:func:`solve_planar`), solved to machine precision by bracketed Newton.
+``solve_planar``), solved to machine precision by bracketed Newton.
 
 Planar flows were designed for variational posteriors, not density
 estimation: each layer bends the space along a single hyperplane, so a

@@ -34,7 +34,7 @@ def build_realnvp(
     n_features: int, *, n_layers: int, hidden_units: Sequence[int], batch_norm: bool = False
 ) -> Transform:
     """Stack of ``n_layers`` affine couplings with alternating masks;
-    ``batch_norm=True`` adds a :class:`~skflow.engine.transforms.BatchNormFlow`
+    ``batch_norm=True`` adds a ``skflow.engine.transforms.BatchNormFlow``
     after each (as in the RealNVP paper)."""
     return Compose(
         *(
