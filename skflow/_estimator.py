@@ -227,6 +227,15 @@ def _weighted_rows(X: np.ndarray, sample_weight: object) -> tuple[np.ndarray, np
             "a density needs at least 2 rows of positive weight."
         )
     X, weights = X[keep], weights[keep]
+    n_effective = effective_rows(len(X), weights)
+    if n_effective < 1 + 1e-6:
+        # One row holds all but a millionth of the weight: a point mass,
+        # whose weighted spread underflows to 0 for ratios near 1e300.
+        raise ValueError(
+            f"sample_weight puts nearly all the weight on one row (the other {len(X) - 1} "
+            f"rows share {(weights.sum() - 1) / weights.sum():.2g} of it): a density needs "
+            "the weight spread over at least 2 rows."
+        )
     return X, None if np.all(weights == weights[0]) else weights
 
 

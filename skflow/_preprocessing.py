@@ -186,7 +186,14 @@ def weighted_lower_median(values: np.ndarray, weights: np.ndarray) -> float:
 def effective_rows(n: int, weights: np.ndarray | None) -> float:
     """Kish's effective sample size of ``n`` weighted rows (``n`` unweighted):
     how many equally weighted rows carry as much information."""
-    return float(n) if weights is None else float(weights.sum() ** 2 / np.square(weights).sum())
+    if weights is None:
+        return float(n)
+    top = weights.max(initial=0.0)
+    if not top > 0:
+        return 0.0
+    # Scaled by the largest first: squares of tiny weights (1e-200) underflow.
+    w = weights / top
+    return float(w.sum() ** 2 / np.square(w).sum())
 
 
 def standardization(

@@ -151,6 +151,8 @@ def test_weighted_score(clusters):
         (np.ones((50, 2)), "1D|shape"),
         (np.zeros(50), "zero"),
         (np.r_[1.0, np.zeros(49)], "at least 2 rows of positive weight"),
+        # All but 1e-298 of the weight on one row: no spread left to fit.
+        (np.r_[1e300, np.ones(49)], "nearly all the weight on one row"),
     ],
 )
 def test_bad_weights_fail_fast_and_keep_the_model(weights, match):

@@ -48,6 +48,9 @@ def _gather(values: Tensor, idx: Tensor) -> Tensor:
     return values.gather(-1, idx[..., None])[..., 0]
 
 
+MAX_TAIL_BOUND = 100.0
+
+
 class RationalQuadraticSplineTransformer:
     """Elementwise monotone rational-quadratic spline on ``[-tail_bound, tail_bound]``
     with identity (linear) tails.
@@ -78,9 +81,14 @@ class RationalQuadraticSplineTransformer:
     ) -> None:
         if not isinstance(n_bins, Integral) or isinstance(n_bins, bool) or n_bins < 2:
             raise ValueError(f"n_bins must be an int of at least 2, got {n_bins!r}.")
-        if not (isinstance(tail_bound, Real) and 0 < tail_bound < math.inf):
+        # The spline acts on standardized coordinates: beyond a few dozen
+        # standard deviations its bins are wider than the data's whole range,
+        # and float32 inverses lose their accuracy (a bound of 1e8 already
+        # misses round trips by a standard deviation).
+        if not (isinstance(tail_bound, Real) and 0 < tail_bound <= MAX_TAIL_BOUND):
             raise ValueError(
-                f"tail_bound must be a positive finite number (e.g. 3 or 5), got {tail_bound!r}."
+                f"tail_bound must be a number in (0, {MAX_TAIL_BOUND:g}] (standard deviations of "
+                f"the standardized data; 3 or 5 are usual), got {tail_bound!r}."
             )
         if min_bin_width * n_bins >= 1 or min_bin_height * n_bins >= 1:
             raise ValueError("min_bin_width and min_bin_height must be below 1 / n_bins.")
