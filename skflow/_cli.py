@@ -534,10 +534,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "skflow") -> int:
         except _ReaderGone:
             # Quietly, as Unix tools do (status 128 + SIGPIPE).
             return 141
-        except (CLIError, OSError, ValueError, TypeError) as exc:
+        except (CLIError, OSError, ValueError, TypeError, MemoryError) as exc:
             # OSError: unreadable/unwritable paths; ValueError/TypeError: the
             # estimator's own messages (bad parameters, damaged model files,
-            # columns that differ from the training file). A bug raises these
+            # columns that differ from the training file); MemoryError: a
+            # sample too large to draw. A bug raises these
             # too: --traceback shows where.
             if args.traceback:
                 raise

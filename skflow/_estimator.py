@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from numbers import Integral, Real
@@ -260,6 +262,40 @@ def _column_dtypes(X):
     else (arrays, lists, a pandas Series, which has one dtype)."""
     dtypes = getattr(X, "dtypes", None)
     return dtypes if hasattr(dtypes, "items") else None
+
+
+def _warn_inexact_integers(X, dtypes) -> None:
+    """Warn when integer columns hold values beyond 2**53, which the float64
+    computation rounds (neighbouring values merge)."""
+    if dtypes is not None:
+        columns = [(name, X[name].to_numpy()) for name, t in dtypes.items() if t.kind in "iu"]
+    elif isinstance(X, np.ndarray) and X.dtype.kind in "iu" and X.ndim == 2:
+        columns = list(enumerate(X.T))
+    else:
+        return
+    # (-2**53 as an int: abs() of int64's minimum would overflow.)
+    big = [name for name, c in columns if c.size and (c.max() > 2**53 or c.min() < -(2**53))]
+    if big:
+        warnings.warn(
+            f"X holds integers beyond 2**53 (columns {big}), which FlowDensity's float64 "
+            "arithmetic rounds: neighbouring values merge. Subtract a large offset first "
+            "(e.g. each column's minimum).",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` at which a ``warnings.warn`` in the calling
+    function points at the first frame outside skflow and scikit-learn (the
+    user's line), however deep the call chain."""
+    import sklearn
+
+    ours = (os.path.dirname(__file__), os.path.dirname(sklearn.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(ours):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _numpy_dtypes(X) -> list[str | None] | None:
@@ -699,7 +735,11 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         times = (
             []
             if dtypes is None
-            else [c for c, t in dtypes.items() if getattr(t, "kind", None) in ("m", "M")]
+            else [
+                c
+                for c, t in dtypes.items()
+                if getattr(t, "kind", None) in ("m", "M") or str(t).startswith("period")
+            ]
         )
         if times:
             raise ValueError(
@@ -719,8 +759,17 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "drop them, or, if the categories are genuine numbers, convert them with "
                 ".astype(float)."
             )
+        _warn_inexact_integers(X, dtypes)
         try:
             return validate_data(self, X, dtype=np.float64, **kwargs)
+        except TypeError as exc:
+            # pandas' missing value in an object column: float(pd.NA) fails.
+            if "NAType" not in str(exc):
+                raise
+            raise ValueError(
+                "X contains missing values (pd.NA); FlowDensity needs complete rows: drop "
+                "or impute them first (e.g. SimpleImputer in a Pipeline)."
+            ) from None
         except ValueError as exc:
             if "could not convert" not in str(exc):
                 raise
@@ -1626,8 +1675,21 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             samples = np.empty((0, self.n_features_in_))
         else:
             # (Continuous flows skip the log-determinant sampling ignores.)
-            with torch.inference_mode(), without_log_det():
-                x = self.flow_.sample(int(n_samples), generator=gen)
+            try:
+                if n_samples * self.n_features_in_ >= 2**62:  # beyond torch's sizes
+                    raise MemoryError
+                with torch.inference_mode(), without_log_det():
+                    x = self.flow_.sample(int(n_samples), generator=gen)
+            except (MemoryError, torch.OutOfMemoryError, RuntimeError) as exc:
+                if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
+                    raise
+                gib = n_samples * self.n_features_in_ * 8 / 2**30
+                raise MemoryError(
+                    f"sample({n_samples}) needs well over {gib:.3g} GiB for its "
+                    f"{n_samples} x {self.n_features_in_} draws, more than this machine could "
+                    "allocate: draw fewer rows per call (several calls with different "
+                    "random_state values)."
+                ) from None
             samples = self._snap_to_lattice(x.cpu().double().numpy() + self.center_)
         if not as_frame:
             return samples

@@ -108,6 +108,15 @@ def test_sample_zero_rows_writes_the_header_only(files, tmp_path, capsys):
     assert capsys.readouterr().out.strip().count("\n") == 0  # the header line alone
 
 
+def test_sample_too_large_is_a_one_line_error(files, tmp_path, capsys):
+    model = tmp_path / "m.skflow"
+    assert main(["fit", str(files / "train.csv"), "--out", str(model), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(model), "-n", str(2**70)]) == 2
+    err = capsys.readouterr().err
+    assert "draw fewer rows per call" in err and err.count("\n") == 1
+
+
 def test_leading_blank_lines_are_skipped(files, tmp_path, capsys):
     csv = tmp_path / "blank.csv"
     csv.write_text("\n\n" + (files / "train.csv").read_text())

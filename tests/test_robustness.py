@@ -99,6 +99,20 @@ BAD_FIT_INPUT = {
         ValueError,
         r"date/time columns \['b'\].*total_seconds",
     ),
+    "period column": (
+        lambda: _frame_with_text().assign(
+            b=lambda f: pytest.importorskip("pandas").period_range("2020-01", periods=len(f))
+        ),
+        ValueError,
+        r"date/time columns \['b'\]",
+    ),
+    "pd.NA in an object column": (
+        lambda: _frame_with_text().assign(
+            b=lambda f: f.a.astype(object).where(f.a > f.a.min(), pytest.importorskip("pandas").NA)
+        ),
+        ValueError,
+        r"missing values \(pd.NA\)",
+    ),
     "complex": (lambda: X.astype(complex), ValueError, "Complex data not supported"),
     # Numbers the arithmetic cannot hold: refused, not fitted to rounding noise.
     "column of 1e40": (lambda: X * [1e40, 1], ValueError, r"\[0\] have values beyond 8.5"),
@@ -265,6 +279,13 @@ def test_pandas_feature_names_with_and_without(fitted):
 def test_sample_rejects_bad_counts(fitted, n_samples, match):
     with pytest.raises(ValueError, match=match):
         fitted.sample(n_samples)
+
+
+@pytest.mark.parametrize("n_samples", [10**13, 2**70])  # 160 TB; beyond torch's sizes
+def test_sample_too_large_to_draw_says_so(fitted, n_samples):
+    with pytest.raises(MemoryError, match=r"draw fewer rows per call"):
+        fitted.sample(n_samples)
+    assert fitted.sample(3, random_state=0).shape == (3, 2)
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -506,6 +527,18 @@ def test_scoring_and_sampling_in_chunks_match_one_pass(fitted, monkeypatch):
     monkeypatch.setattr(skflow.engine.distributions, "SAMPLE_CHUNK", 7)
     np.testing.assert_allclose(fitted.score_samples(X), scores, rtol=1e-6)
     np.testing.assert_allclose(fitted.sample(50, random_state=0), samples, rtol=1e-5, atol=1e-6)
+
+
+def test_integers_beyond_2_53_warn_at_the_callers_line():
+    big = np.int64(2**60) + np.random.RandomState(0).randint(0, 1000, (100, 2))
+    with pytest.warns(UserWarning, match=r"integers beyond 2\*\*53 \(columns \[0, 1\]\)") as record:
+        est = FlowDensity(**FAST).fit(big)
+    assert any(w.filename == __file__ for w in record if "2**53" in str(w.message))
+    with pytest.warns(UserWarning, match="beyond 2"):
+        est.score_samples(big)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        est.score_samples(big - 2**60)
 
 
 def test_fewer_rows_than_features_warns_at_the_callers_line():
