@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -171,7 +172,8 @@ def _write_table(frame, out: str | None, float_format: str | None = None) -> Non
 def _hidden_units(text: str) -> int | tuple[int, ...]:
     # One number means (h, h), as the Python parameter hidden_units=h does.
     try:
-        units = tuple(int(part) for part in text.replace(" ", ",").split(",") if part)
+        # Commas or spaces between the widths; an empty one ("16,,16") is a typo.
+        units = tuple(int(part) for part in re.split(r"\s*,\s*|\s+", text.strip()))
     except ValueError:
         units = ()
     if not units:

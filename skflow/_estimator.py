@@ -803,7 +803,15 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         found = [(what, cols) for what, cols in found if cols]
         if found:
             details = "; ".join(f"column(s) {cols} have {what}" for what, cols in found)
-            hint = "Try dtype='float64', or rescale" if self.dtype == "float32" else "Rescale"
+            # float64 helps only where its own (squaring) limits hold.
+            float64_holds = bool(
+                np.all(magnitude <= _SQUARE_SAFE) and np.all(spread[varies] >= 1 / _SQUARE_SAFE)
+            )
+            hint = (
+                "Try dtype='float64', or rescale"
+                if self.dtype == "float32" and float64_holds
+                else "Rescale"
+            )
             raise ValueError(
                 f"X cannot be represented accurately in {self.dtype}: {details}. {hint} these "
                 "columns (e.g. StandardScaler in a Pipeline; densities are then per unit of "
@@ -947,11 +955,17 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         else:
             batch_size = self.batch_size
         min_rows = getattr(flow.own_objective, "min_batch_rows", 1)
-        if batch_size < min_rows:
+        if min(batch_size, n_train) < min_rows:
+            # (Training caps a minibatch at the training rows.)
+            remedy = (
+                f"there are only {n_train} training rows (after the validation split): "
+                "train on more rows, or lower n_layers"
+                if n_train < min_rows
+                else f"minibatches hold {batch_size} rows: raise batch_size, or lower n_layers"
+            )
             raise ValueError(
                 f"kind={self.kind!r} trained by flow matching gives each of its {min_rows} "
-                f"blocks (n_layers) a share of every minibatch, but minibatches hold "
-                f"{batch_size} rows: raise batch_size (or train on more rows), or lower n_layers."
+                f"blocks (n_layers) a share of every minibatch, but {remedy}."
             )
         return batch_size
 

@@ -182,7 +182,13 @@ def test_score_rejects_other_columns(files, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv", [["fit"], ["fit", "x.csv", "--kind", "nope"], ["fit", "x.csv", "--hidden-units", "a"]]
+    "argv",
+    [
+        ["fit"],
+        ["fit", "x.csv", "--kind", "nope"],
+        ["fit", "x.csv", "--hidden-units", "a"],
+        ["fit", "x.csv", "--hidden-units", "16,,16"],
+    ],
 )
 def test_usage_errors_are_one_line_with_status_2(argv, capsys):
     with pytest.raises(SystemExit) as info:

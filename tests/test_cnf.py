@@ -343,6 +343,7 @@ def test_fit_is_reproducible():
         ({"kinetic_energy": 0.1}, "flow matching"),
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"coupling": "sinkhorn"}, "coupling"),
+        ({"adjoint": "no"}, "adjoint must be True or False"),
     ],
 )
 def test_bad_options_say_what_to_do(options, match):
@@ -693,8 +694,11 @@ def test_underflow_outside_training_steps_does_not_lose_the_fit(monkeypatch):
 
 def test_flow_matching_batches_hold_a_row_per_block():
     X = np.random.RandomState(0).randn(40, 2)
-    with pytest.raises(ValueError, match="3 blocks .* minibatches hold 2 rows"):
+    with pytest.raises(ValueError, match="3 blocks .* minibatches hold 2 rows: raise batch_size"):
         FlowDensity("cnf", n_layers=3, hidden_units=8, batch_size=2, max_iter=1).fit(X)
+    # Batches never exceed the training rows: more rows are the remedy then.
+    with pytest.raises(ValueError, match="only 2 training rows .*: train on more rows"):
+        FlowDensity("cnf", n_layers=3, hidden_units=8, max_iter=1).fit(X[:3])
     # FFJORD solves each block on every row: no such limit.
     FlowDensity(
         "cnf", n_layers=3, hidden_units=8, batch_size=2, max_iter=1,

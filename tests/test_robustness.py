@@ -117,6 +117,12 @@ BAD_FIT_INPUT = {
     # Numbers the arithmetic cannot hold: refused, not fitted to rounding noise.
     "column of 1e40": (lambda: X * [1e40, 1], ValueError, r"\[0\] have values beyond 8.5"),
     "column of 1e-100": (lambda: X * [1, 1e-100], ValueError, r"\[1\] have a spread below"),
+    # Beyond float64's limits too: no dtype='float64' hint.
+    "column of 1e200 in float32": (
+        lambda: X * [1e200, 1],
+        ValueError,
+        r"in float32: column\(s\) \[0\] have values beyond 8.5.*\. Rescale these",
+    ),
     "column of 1e200": (
         lambda: X * [1e200, 1],
         ValueError,

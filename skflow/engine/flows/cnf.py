@@ -73,6 +73,7 @@ import math
 from collections.abc import Sequence
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
@@ -123,6 +124,7 @@ def _check_options(
     rtol: float,
     atol: float,
     n_steps: int,
+    adjoint: bool,
     trace: str,
     probe: str,
     n_probes: int,
@@ -137,6 +139,9 @@ def _check_options(
     ema_decay: float | None,
 ) -> None:
     """Raise ValueError, saying what to change, for an invalid option."""
+    # (A string such as "no" would silently count as True.)
+    if not isinstance(adjoint, (bool, np.bool_)):
+        raise ValueError(f"kind='cnf' option adjoint must be True or False, got {adjoint!r}.")
     choices = {
         "training": (training, TRAININGS),
         "coupling": (coupling, COUPLINGS),
@@ -245,6 +250,7 @@ class ContinuousFlow(Transform):
             rtol,
             atol,
             n_steps,
+            adjoint,
             trace,
             probe,
             n_probes,

@@ -23,7 +23,7 @@ Two modes:
   identity, measured with the earlier one-width-per-column dequantization).
 - Images: ``image_shape=(C, H, W)`` declares that each row is a flattened
   ``C x H x W`` image (C-order, as ``images.reshape(n, -1)`` gives). The flow
-  is Glow's multi-scale architecture: ``n_levels`` levels of squeeze
+  is Glow's multi-scale architecture: ``n_levels`` (default 2) levels of squeeze
   (space-to-depth, 2x2 pixels to 4 channels), ``n_layers`` steps with
   per-channel ActNorm, 1x1 convolutions (log-det ``H * W * log|det W|``)
   and convolutional couplings whose masks split the channels, then (except
@@ -62,10 +62,16 @@ def build_glow(
     n_layers: int,
     hidden_units: Sequence[int],
     image_shape: Sequence[int] | None = None,
-    n_levels: int = 2,
+    n_levels: int | None = None,
 ) -> Transform:
     """Glow: ``n_layers`` steps (per level, for images) of ActNorm, LU mixing
-    and affine coupling; see the module docstring for the image mode."""
+    and affine coupling; see the module docstring for the image mode
+    (``n_levels``: 2 unless given)."""
+    if image_shape is None and n_levels is not None:
+        raise ValueError(
+            f"n_levels={n_levels!r} sets the scales of image Glow: pass image_shape=(C, H, W) "
+            "too, or drop n_levels (tabular Glow has one scale)."
+        )
     if image_shape is None:
         layers: list[Transform] = []
         for mask in alternating_masks(n_features, n_layers):
@@ -75,6 +81,7 @@ def build_glow(
                 Coupling(mask, SigmoidAffineTransformer(), hidden_units),
             ]
         return Compose(*layers)
+    n_levels = 2 if n_levels is None else n_levels
     channels, height, width = _check_image_shape(image_shape, n_features, n_levels)
     return _level(channels, height, width, n_layers, hidden_units, n_levels)
 
