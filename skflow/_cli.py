@@ -84,7 +84,8 @@ def read_table(path: str, header: bool | None):
         source = io.BytesIO(sys.stdin.buffer.read())
         head, path = source.getvalue()[:_HEAD_BYTES], "standard input"
     elif not Path(path).is_file():
-        raise CLIError(f"{path}: no such file.")
+        what = "is a directory, not a file" if Path(path).is_dir() else "no such file"
+        raise CLIError(f"{path}: {what}.")
     else:
         source = path  # pandas streams the file itself
         with open(path, "rb") as f:

@@ -706,6 +706,13 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         :func:`noise_cells`) and the half-widths of ``X``'s noise. The cells
         are in the units of ``X``; the layers see ``X - center``."""
         widths = dequantization_widths(X, self.dequantize)
+        too_wide = np.flatnonzero(widths > self._largest_representable())
+        if too_wide.size:
+            raise ValueError(
+                f"dequantize widths {widths[too_wide].tolist()} (feature(s) {too_wide.tolist()}) "
+                f"cannot be represented accurately in {self.dtype}: at most "
+                f"{self._largest_representable():.3g}."
+            )
         cells = noise_cells(X, widths, auto=isinstance(self.dequantize, str))
         half = half_widths(X, cells)
         X = X - center
@@ -781,6 +788,11 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "a ColumnTransformer) or drop them."
             ) from None
 
+    def _largest_representable(self) -> float:
+        """The largest magnitude a training value may have in ``dtype`` (see
+        :meth:`_check_representable`)."""
+        return min(_SQUARE_SAFE, float(np.finfo(self.dtype).max) / 4)
+
     def _check_representable(self, X: np.ndarray) -> None:
         """Refuse training columns whose numbers the arithmetic cannot hold,
         rather than fit a density to overflow or rounding noise."""
@@ -793,7 +805,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         # of numbers beyond ~1e154 overflow and below ~1e-154 underflow;
         # float32 inputs must also survive the cast (no overflow, no flush
         # to zero).
-        upper = min(_SQUARE_SAFE, float(np.finfo(self.dtype).max) / 4)
+        upper = self._largest_representable()
         problems = {
             f"values beyond {upper:.3g} in absolute value": ~(magnitude <= upper)
             | ~np.isfinite(spread),
@@ -1705,6 +1717,16 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                     "random_state values)."
                 ) from None
             samples = self._snap_to_lattice(x.cpu().double().numpy() + self.center_)
+            broken = int((~np.isfinite(samples).all(axis=1)).sum())
+            if broken:
+                warnings.warn(
+                    f"{broken} of {n_samples} samples are not finite: the fitted flow's inverse "
+                    f"breaks down where they were drawn (reconstruction_error_ = "
+                    f"{self.reconstruction_error_:.3g}). Refit with dtype='float64', a smaller "
+                    "learning_rate or fewer n_layers.",
+                    InvertibilityWarning,
+                    stacklevel=2,
+                )
         if not as_frame:
             return samples
         try:

@@ -128,10 +128,17 @@ def write(
     while saving never leaves a half-written model where a good one was.
     """
     # Private contiguous CPU copies: safetensors refuses views and shared storage.
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{os.fspath(path)!r} is a directory: save to a file in it.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"Cannot save to {os.fspath(path)!r}: the folder {os.fspath(path.parent)!r} does "
+            "not exist."
+        )
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     text = json.dumps({"format_version": FORMAT_VERSION, **header}, sort_keys=True)
     data = _safetensors_bytes(tensors, {_HEADER_KEY: text, _HASH_KEY: _digest(text, tensors)})
-    path = Path(path)
     # A fresh name next to the target (same file system, so the rename is
     # atomic); plain open() keeps the user's umask, unlike mkstemp's 0600.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -153,6 +160,8 @@ def read(
     model, was written in a newer format, or whose checksum does not match
     (corrupted or edited).
     """
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{os.fspath(path)!r} is a directory, not a skflow model file.")
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}

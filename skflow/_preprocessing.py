@@ -61,11 +61,16 @@ def dequantization_widths(X: np.ndarray, dequantize) -> np.ndarray:
     if isinstance(dequantize, str):  # "auto"
         return np.array([lattice_width(col) for col in X.T])
     widths = np.asarray(dequantize, dtype=np.float64)
-    if widths.shape != (n_features,) or not np.all(np.isfinite(widths)) or np.any(widths < 0):
+    if widths.shape != (n_features,):
         raise ValueError(
-            "dequantize must be 'auto', False, or an array of n_features non-negative finite "
-            f"widths (0 for a continuous feature); got shape {widths.shape} for "
-            f"{n_features} features."
+            "dequantize must be 'auto', False, or an array of one width per feature (0 for a "
+            f"continuous feature); got shape {widths.shape} for {n_features} features."
+        )
+    bad = np.flatnonzero(~((widths >= 0) & (widths < np.inf)))
+    if bad.size:
+        raise ValueError(
+            "dequantize widths must be non-negative finite numbers (0 for a continuous "
+            f"feature); feature(s) {bad.tolist()} have {widths[bad].tolist()}."
         )
     return widths
 

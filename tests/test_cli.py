@@ -108,6 +108,11 @@ def test_sample_zero_rows_writes_the_header_only(files, tmp_path, capsys):
     assert capsys.readouterr().out.strip().count("\n") == 0  # the header line alone
 
 
+def test_a_directory_is_not_a_data_file(tmp_path, capsys):
+    assert main(["fit", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert "is a directory, not a file" in capsys.readouterr().err
+
+
 def test_sample_too_large_is_a_one_line_error(files, tmp_path, capsys):
     model = tmp_path / "m.skflow"
     assert main(["fit", str(files / "train.csv"), "--out", str(model), *FAST]) == 0

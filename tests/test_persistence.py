@@ -208,6 +208,16 @@ def test_missing_file_raises_file_not_found(tmp_path):
         FlowDensity.load(tmp_path / "nope.safetensors")
 
 
+def test_directories_and_missing_folders_are_named(fitted, tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, not a skflow model file"):
+        FlowDensity.load(tmp_path)
+    with pytest.raises(IsADirectoryError, match="is a directory: save to a file in it"):
+        fitted.save(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"the folder '.*nope' does not exist"):
+        fitted.save(tmp_path / "nope" / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []  # no stray temporary file
+
+
 def test_file_from_a_newer_format_asks_to_upgrade(fitted, tmp_path, monkeypatch):
     monkeypatch.setattr(_persistence, "FORMAT_VERSION", _persistence.FORMAT_VERSION + 1)
     fitted.save(tmp_path / "m.safetensors")

@@ -40,10 +40,15 @@ def test_dequantize_argument_validation():
     X = np.zeros((10, 2))
     np.testing.assert_array_equal(dequantization_widths(X, False), [0.0, 0.0])
     np.testing.assert_array_equal(dequantization_widths(X, [0.5, 0.0]), [0.5, 0.0])
-    with pytest.raises(ValueError, match="n_features"):
+    with pytest.raises(ValueError, match=r"one width per feature.*shape \(1,\) for 2 features"):
         dequantization_widths(X, [1.0])
-    with pytest.raises(ValueError, match="non-negative"):
-        FlowDensity(dequantize=[-1.0, 0.0], max_iter=2).fit(np.random.RandomState(0).randn(20, 2))
+    rows = np.random.RandomState(0).randn(20, 2)
+    for widths in ([-1.0, 0.0], [0.0, np.nan]):
+        with pytest.raises(ValueError, match=r"non-negative finite .* feature\(s\) \[\d\] have"):
+            FlowDensity(dequantize=widths, max_iter=2).fit(rows)
+    # Noise the dtype cannot hold: named, not a NaN deep in the fit.
+    with pytest.raises(ValueError, match=r"widths \[1e\+100\] .* in float32: at most 8.5"):
+        FlowDensity(dequantize=[1e100, 0.0], max_iter=2).fit(rows)
 
 
 def test_noise_cells_reach_halfway_to_the_nearer_value():

@@ -287,6 +287,20 @@ def test_sample_rejects_bad_counts(fitted, n_samples, match):
         fitted.sample(n_samples)
 
 
+def test_non_finite_samples_warn(monkeypatch):
+    est = FlowDensity(**FAST).fit(X)
+    real = est.flow_.sample
+
+    def half_broken(n, generator=None):  # an inverse that breaks down on some draws
+        x = real(n, generator)
+        x[::2] = float("nan")
+        return x
+
+    monkeypatch.setattr(est.flow_, "sample", half_broken)
+    with pytest.warns(InvertibilityWarning, match="3 of 5 samples are not finite"):
+        est.sample(5, random_state=0)
+
+
 @pytest.mark.parametrize("n_samples", [10**13, 2**70])  # 160 TB; beyond torch's sizes
 def test_sample_too_large_to_draw_says_so(fitted, n_samples):
     with pytest.raises(MemoryError, match=r"draw fewer rows per call"):
