@@ -241,6 +241,26 @@ def _weighted_rows(X: np.ndarray, sample_weight: object) -> tuple[np.ndarray, np
     return X, None if np.all(weights == weights[0]) else weights
 
 
+def _check_size(est: FlowDensity, fitted: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse, before building anything, a model file whose parameters name
+    a flow larger than the values it holds: a genuine file holds at least a
+    location per feature and, for every kind with hidden layers, a bias per
+    hidden unit of each layer. A forged one could otherwise make ``load``
+    build a network that exhausts memory before its tensors are compared."""
+    hidden = fitted["hidden_units_"]
+    hidden = (hidden,) if isinstance(hidden, Integral) else tuple(hidden)
+    needed = int(fitted["n_features_in_"])
+    if est.kind != "planar":  # (planar layers have no hidden units)
+        needed += int(est.n_layers) * max(hidden, default=0)
+    held = sum(t.numel() for t in tensors.values())
+    if needed > held:
+        raise ValueError(
+            f"its parameters name a flow of at least {needed} values (n_features_in_="
+            f"{fitted['n_features_in_']}, n_layers={est.n_layers}, hidden_units_={hidden}) "
+            f"but it holds {held}"
+        )
+
+
 def _usable_device(wanted: str | torch.device) -> torch.device:
     """``wanted`` if this machine has it, else the CPU with a warning, so a
     model fitted on a GPU still loads (pickle or :meth:`FlowDensity.load`)
@@ -1883,8 +1903,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
 
         Loading parses JSON and copies tensor bytes; it never executes code
         from the file, so it is safe on files from untrusted sources (a
-        malicious file can at worst hold bad weights, or name a network so
-        large that building it exhausts memory).
+        malicious file can at worst hold bad weights; one whose parameters
+        name a network larger than the values it holds is refused before
+        anything is built).
 
         Parameters
         ----------
@@ -1936,6 +1957,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             est._validate_params()
             fitted = {k: _persistence.decode(v) for k, v in header["fitted"].items()}
             _check_fitted(fitted, cls)
+            _check_size(est, fitted, tensors)
             flow = est._build_flow(fitted["n_features_in_"], tuple(fitted["hidden_units_"]))
             flow = flow.to(_DTYPES[est.dtype])
             _persistence.check_tensors(flow.state_dict(), tensors)

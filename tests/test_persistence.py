@@ -281,6 +281,12 @@ def _resave(path, edit_header=None, edit_tensors=None):
             "its validation split is not one fit could have written",
         ),
         (
+            # Forged: a network of 2e9 parameters, refused before it is built.
+            lambda h: h["fitted"].update(hidden_units_={"__tuple__": [10**9, 10**9]}),
+            None,
+            r"name a flow of at least 2000000003 values .* but it holds",
+        ),
+        (
             lambda h: h.update(output={"__dict__": {"transform": "excel"}}),
             None,
             "transform",
@@ -301,6 +307,7 @@ def _resave(path, edit_header=None, edit_tensors=None):
         "float16",
         "split size",
         "split generator",
+        "huge network",
         "output",
     ],  # fmt: skip
 )
