@@ -772,7 +772,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"FlowDensity models numeric features, but X has date/time columns {times}. "
                 "Convert them to numbers first, e.g. seconds since the earliest value: "
-                "(df[col] - df[col].min()).dt.total_seconds()."
+                "(df[col] - df[col].min()).dt.total_seconds() (a Period column: "
+                "df[col].dt.to_timestamp() first)."
             )
         categorical = (
             [] if dtypes is None else [c for c, t in dtypes.items() if str(t) == "category"]
