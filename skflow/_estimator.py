@@ -229,14 +229,15 @@ def _weighted_rows(X: np.ndarray, sample_weight: object) -> tuple[np.ndarray, np
             "a density needs at least 2 rows of positive weight."
         )
     X, weights = X[keep], weights[keep]
-    n_effective = effective_rows(len(X), weights)
-    if n_effective < 1 + 1e-6:
+    # (The largest is 1: the others summed without it, so none is lost.)
+    others = np.sort(weights)[:-1].sum()
+    if others / (1 + others) < 1e-6:
         # One row holds all but a millionth of the weight: a point mass,
         # whose weighted spread underflows to 0 for ratios near 1e300.
         raise ValueError(
             f"sample_weight puts nearly all the weight on one row (the other {len(X) - 1} "
-            f"rows share {(weights.sum() - 1) / weights.sum():.2g} of it): a density needs "
-            "the weight spread over at least 2 rows."
+            f"rows share {others / (1 + others):.2g} of it): a density needs the weight "
+            "spread over at least 2 rows."
         )
     return X, None if np.all(weights == weights[0]) else weights
 
@@ -251,13 +252,17 @@ def _check_size(est: FlowDensity, fitted: dict, tensors: dict[str, torch.Tensor]
     hidden = (hidden,) if isinstance(hidden, Integral) else tuple(hidden)
     needed = int(fitted["n_features_in_"])
     if est.kind != "planar":  # (planar layers have no hidden units)
-        needed += int(est.n_layers) * max(hidden, default=0)
+        # Per layer: a bias per hidden unit, a weight per pair of units in
+        # successive hidden layers (a convolution's kernel holds more).
+        between = sum(int(a) * int(b) for a, b in zip(hidden[:-1], hidden[1:], strict=True))
+        needed += int(est.n_layers) * (sum(map(int, hidden)) + between)
     held = sum(t.numel() for t in tensors.values())
-    if needed > held:
+    # Every layer holds at least one tensor of its own.
+    if needed > held or int(est.n_layers) > len(tensors):
         raise ValueError(
-            f"its parameters name a flow of at least {needed} values (n_features_in_="
-            f"{fitted['n_features_in_']}, n_layers={est.n_layers}, hidden_units_={hidden}) "
-            f"but it holds {held}"
+            f"its parameters name a flow of at least {needed} values in {est.n_layers} "
+            f"layers (n_features_in_={fitted['n_features_in_']}, hidden_units_={hidden}) but "
+            f"it holds {held} in {len(tensors)} tensors"
         )
 
 
@@ -355,7 +360,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         ``"nsf"``: rational-quadratic neural spline flow, the most flexible
         per layer; ``kind_options`` ``"variant"`` (``"autoregressive"``,
         default, or ``"coupling"``: fast sampling, faster training),
-        ``"n_bins"`` (8) and ``"tail_bound"`` (3.0; 5.0 for heavy tails).
+        ``"n_bins"`` (8) and ``"tail_bound"`` (3.0; 5.0 for heavy tails; at most 100).
         ``"iaf"``: inverse autoregressive flow, fast sampling but density
         (and so training) takes one pass per feature. ``"planar"``: planar
         flow (rank-one layers, no network, ``hidden_units`` ignored); weak
@@ -1723,14 +1728,17 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         else:
             # (Continuous flows skip the log-determinant sampling ignores.)
             try:
-                if n_samples * self.n_features_in_ >= 2**62:  # beyond torch's sizes
+                # Bytes beyond torch's sizes (Python ints: numpy's would wrap).
+                if int(n_samples) * self.n_features_in_ * 8 >= 2**62:
                     raise MemoryError
                 with torch.inference_mode(), without_log_det():
                     x = self.flow_.sample(int(n_samples), generator=gen)
-            except (MemoryError, torch.OutOfMemoryError, RuntimeError) as exc:
-                if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
+            except (MemoryError, RuntimeError) as exc:  # (torch's OutOfMemoryError too)
+                if not isinstance(exc, MemoryError) and not any(
+                    word in str(exc) for word in ("alloc", "overflow")
+                ):
                     raise
-                gib = n_samples * self.n_features_in_ * 8 / 2**30
+                gib = int(n_samples) * self.n_features_in_ * 8 / 2**30
                 raise MemoryError(
                     f"sample({n_samples}) needs well over {gib:.3g} GiB for its "
                     f"{n_samples} x {self.n_features_in_} draws, more than this machine could "
@@ -1959,7 +1967,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             fitted = {k: _persistence.decode(v) for k, v in header["fitted"].items()}
             _check_fitted(fitted, cls)
             _check_size(est, fitted, tensors)
-            flow = est._build_flow(fitted["n_features_in_"], tuple(fitted["hidden_units_"]))
+            # (Initial weights the file's tensors replace; drawn under the lock
+            # so that loading neither moves nor races torch's global generator.)
+            with seeded_global_rng(0):
+                flow = est._build_flow(fitted["n_features_in_"], tuple(fitted["hidden_units_"]))
             flow = flow.to(_DTYPES[est.dtype])
             _persistence.check_tensors(flow.state_dict(), tensors)
             # (check_tensors: the file's dtypes are those of the dtype parameter.)

@@ -48,6 +48,7 @@ def test_vector_glow_starts_without_mixing():
         ({"image_shape": (1, 4, 4), "n_levels": 3}, "divisible by 2 \\*\\* n_levels = 8"),
         ({"image_shape": (4, 4)}, "three positive ints"),
         ({"image_shape": (1, 4, 4), "n_levels": 0}, "n_levels must be a positive int"),
+        # (n_levels=2, the image default, is accepted: saved models hold it.)
         ({"n_levels": 3}, r"n_levels=3 sets the scales of image Glow: pass image_shape"),
     ],
 )

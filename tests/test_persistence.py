@@ -208,6 +208,12 @@ def test_missing_file_raises_file_not_found(tmp_path):
         FlowDensity.load(tmp_path / "nope.safetensors")
 
 
+def test_load_leaves_the_global_rng_alone(saved):
+    state = torch.get_rng_state()
+    FlowDensity.load(saved)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_directories_and_missing_folders_are_named(fitted, tmp_path):
     with pytest.raises(IsADirectoryError, match="is a directory, not a skflow model file"):
         FlowDensity.load(tmp_path)
@@ -284,7 +290,12 @@ def _resave(path, edit_header=None, edit_tensors=None):
             # Forged: a network of 2e9 parameters, refused before it is built.
             lambda h: h["fitted"].update(hidden_units_={"__tuple__": [10**9, 10**9]}),
             None,
-            r"name a flow of at least 2000000003 values .* but it holds",
+            r"name a flow of at least \d+ values in 2 layers .* but it holds",
+        ),
+        (
+            lambda h: h["params"].update(n_layers=10**7),
+            None,
+            r"in 10000000 layers .* but it holds \d+ in \d+ tensors",
         ),
         (
             lambda h: h.update(output={"__dict__": {"transform": "excel"}}),
@@ -308,6 +319,7 @@ def _resave(path, edit_header=None, edit_tensors=None):
         "split size",
         "split generator",
         "huge network",
+        "many layers",
         "output",
     ],  # fmt: skip
 )

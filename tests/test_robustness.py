@@ -301,7 +301,8 @@ def test_non_finite_samples_warn(monkeypatch):
         est.sample(5, random_state=0)
 
 
-@pytest.mark.parametrize("n_samples", [10**13, 2**70])  # 160 TB; beyond torch's sizes
+# 160 TB; bytes beyond torch's sizes; a numpy int whose product would wrap.
+@pytest.mark.parametrize("n_samples", [10**13, 2**60, 2**70, np.int64(2**62)])
 def test_sample_too_large_to_draw_says_so(fitted, n_samples):
     with pytest.raises(MemoryError, match=r"draw fewer rows per call"):
         fitted.sample(n_samples)

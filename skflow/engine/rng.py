@@ -14,6 +14,7 @@ drawn by the layers' own ``nn`` initializers from the global CPU generator:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,17 @@ _local = threading.local()
 # per process, so two threads building flows at once would draw each
 # other's initial weights.
 _GLOBAL_RNG_LOCK = threading.RLock()
+
+
+def _fresh_lock() -> None:
+    # A child forked while another thread held the lock would never see it
+    # released: it starts with a free one.
+    global _GLOBAL_RNG_LOCK
+    _GLOBAL_RNG_LOCK = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # (not on Windows)
+    os.register_at_fork(after_in_child=_fresh_lock)
 
 
 @contextmanager

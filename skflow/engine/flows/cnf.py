@@ -140,7 +140,10 @@ def _check_options(
 ) -> None:
     """Raise ValueError, saying what to change, for an invalid option."""
     # (A string such as "no" would silently count as True.)
-    if not isinstance(adjoint, (bool, np.bool_)):
+    if not (
+        isinstance(adjoint, (bool, np.bool_))
+        or (isinstance(adjoint, Integral) and adjoint in (0, 1))
+    ):
         raise ValueError(f"kind='cnf' option adjoint must be True or False, got {adjoint!r}.")
     choices = {
         "training": (training, TRAININGS),

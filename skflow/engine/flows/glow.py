@@ -67,7 +67,9 @@ def build_glow(
     """Glow: ``n_layers`` steps (per level, for images) of ActNorm, LU mixing
     and affine coupling; see the module docstring for the image mode
     (``n_levels``: 2 unless given)."""
-    if image_shape is None and n_levels is not None:
+    # (2, the image default, asks for nothing without images: accepted, as
+    # models saved before this check hold it.)
+    if image_shape is None and n_levels not in (None, 2):
         raise ValueError(
             f"n_levels={n_levels!r} sets the scales of image Glow: pass image_shape=(C, H, W) "
             "too, or drop n_levels (tabular Glow has one scale)."
