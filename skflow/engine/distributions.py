@@ -114,7 +114,9 @@ class Flow(nn.Module):
         """``n`` rows drawn from the flow, shape ``(n, D)``, on its device:
         base draws mapped through the inverse transform (in chunks of
         65,536 rows). With a CPU ``generator`` the draws are reproducible on
-        any device; without one they come from torch's global generator.
+        any device; without one they come from torch's global generator (and
+        a layer's own draws from the thread's noise generator, if one is set:
+        see :mod:`skflow.engine.rng`).
         Wrap in ``torch.no_grad()`` unless you need gradients."""
         z = self.base.sample(n, generator)
         if generator is None:
