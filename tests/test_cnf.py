@@ -344,6 +344,7 @@ def test_fit_is_reproducible():
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"coupling": "sinkhorn"}, "coupling"),
         ({"adjoint": "no"}, "adjoint must be True or False"),
+        ({"adjoint": 2}, "adjoint must be True or False"),
     ],
 )
 def test_bad_options_say_what_to_do(options, match):

@@ -13,7 +13,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skflow import FlowDensity
-from skflow._preprocessing import standardization, weighted_lower_median, weighted_quantile
+from skflow._preprocessing import (
+    effective_rows,
+    standardization,
+    weighted_lower_median,
+    weighted_quantile,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 FAST = dict(n_layers=2, hidden_units=16, max_iter=15, random_state=0)
@@ -248,6 +253,15 @@ def test_few_effective_rows_warn():
     w = np.r_[np.ones(3), np.full(497, 1e-12)]
     with pytest.warns(UserWarning, match=r"as many as \d+\.\d equally weighted ones,"):
         FlowDensity(**FAST).fit(X, sample_weight=w)
+
+
+def test_tiny_weights_count_as_rows_not_as_nan():
+    # Squares of 1e-200 underflow: the effective number of such rows must
+    # come from scaled weights (it is 0/0 otherwise, and the marginal map NaN).
+    assert effective_rows(98, np.full(98, 1e-200)) == pytest.approx(98.0)
+    X = np.random.RandomState(0).normal(size=(100, 3))
+    w = np.r_[1.0, 1.0, np.full(98, 1e-200)]
+    assert np.isfinite(FlowDensity(**FAST).fit(X, sample_weight=w).score_samples(X)).all()
 
 
 def test_metadata_routing():
