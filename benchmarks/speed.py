@@ -30,8 +30,12 @@ wall time it does not grow when other jobs share the cores.
 - zuko / nflows / normflows: that same loop around each peer's flow.
 - scoring: ``score_samples`` on 100,000 rows against zuko's
   ``flow().log_prob`` under ``torch.no_grad`` on the same rows.
-- MAF sampling: MADE forward calls per layer counted with hooks during
-  ``sample``; the target is at most D + 1.
+- MAF sampling: ``sample`` of 100,000 rows against zuko's ``flow().sample``
+  (same architecture), and its cost in network passes per layer: the matrix
+  products' floating-point operations (``FlopCounterMode``) of ``sample``
+  over those of ``score_samples`` on as many rows, which runs one pass per
+  layer; the target is at most D + 1 (skflow's stepwise solve needs under
+  one, the fixed-point iteration zuko and nflows run needs D).
 - default fit: ``FlowDensity()`` with all defaults on the 50,000 x 10 table,
   against ``GaussianMixture`` tuned by ``GridSearchCV`` (n_components 1..10,
   3 folds, full covariances), both on ``--fit-threads`` threads (1 by default).
@@ -53,11 +57,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks._common import RESULTS, markdown_table, write_json
 from skflow import FlowDensity
 from skflow.engine import train_flow, training
-from skflow.engine.nn import MADE
 
 N_ROWS, N_FEATURES = 50_000, 10
 N_LAYERS, HIDDEN, BATCH = 5, (64, 64), 256
@@ -67,6 +71,7 @@ EPOCHS = 2
 TRAIN_ROWS = {"maf": 50_000, "realnvp": 50_000, "nsf": 20_000}
 WARMUP = 20
 SCORE_ROWS = 100_000
+SAMPLE_ROWS = 100_000
 KINDS = ("maf", "realnvp", "nsf")
 
 
@@ -342,23 +347,37 @@ def time_scoring(X: np.ndarray, rounds: int) -> dict:
     }
 
 
-def count_sampling_passes(X: np.ndarray) -> dict:
+def time_sampling(X: np.ndarray, rounds: int) -> dict:
     est = FlowDensity(
         kind="maf", n_layers=N_LAYERS, hidden_units=HIDDEN, max_iter=1, random_state=0
     ).fit(X[:2000])
-    calls: list[int] = []
-    hooks = []
-    for module in est.flow_.modules():
-        if isinstance(module, MADE):
-            calls.append(0)
-            i = len(calls) - 1
-            hooks.append(
-                module.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
-            )
-    est.sample(1000, random_state=0)
-    for h in hooks:
-        h.remove()
-    return {"n_features": X.shape[1], "made_calls_per_layer": calls}
+    with FlopCounterMode(display=False) as sampling:
+        est.sample(SAMPLE_ROWS, random_state=0)
+    with FlopCounterMode(display=False) as scoring:
+        est.score_samples(np.tile(X, (SAMPLE_ROWS // X.shape[0] + 1, 1))[:SAMPLE_ROWS])
+    out: dict = {
+        "n_features": X.shape[1],
+        "passes_per_layer": sampling.get_total_flops() / scoring.get_total_flops(),
+    }
+    times: dict[str, list[float]] = {"skflow sample": [], "zuko sample": []}
+    try:
+        import zuko
+    except ImportError:
+        zuko = None
+    for _ in range(rounds):
+        start = clock()
+        est.sample(SAMPLE_ROWS, random_state=0)
+        times["skflow sample"].append(clock() - start)
+        if zuko is not None:
+            flow = zuko.flows.MAF(X.shape[1], transforms=N_LAYERS, hidden_features=HIDDEN)
+            with torch.no_grad():
+                start = clock()
+                flow().sample((SAMPLE_ROWS,)).numpy()
+                times["zuko sample"].append(clock() - start)
+    for name, v in times.items():
+        if v:
+            out[name] = {"rows_per_s": SAMPLE_ROWS / statistics.median(v), "cpu_seconds": v}
+    return out
 
 
 def time_default_fit(X: np.ndarray, threads: int) -> dict:
@@ -469,16 +488,25 @@ def summarize(
                 _verdict(ratio >= 1),
             ]
         )
-    d = sampling["n_features"]
-    worst = max(sampling["made_calls_per_layer"])
+    d, passes = sampling["n_features"], sampling["passes_per_layer"]
     rows.append(
         [
-            "maf: MADE calls per layer in sample",
-            str(worst),
+            "maf: network passes per layer in sample (matrix-product FLOPs)",
+            f"{passes:.2f}",
             f"<= D+1 = {d + 1}",
-            _verdict(worst <= d + 1),
+            _verdict(passes <= d + 1),
         ]
     )
+    if "zuko sample" in sampling:
+        ratio = sampling["skflow sample"]["rows_per_s"] / sampling["zuko sample"]["rows_per_s"]
+        rows.append(
+            [
+                f"maf: sample / zuko sample ({SAMPLE_ROWS // 1000}k rows)",
+                f"{ratio:.2f}x",
+                "reported",
+                "reported",
+            ]
+        )
     if default_fit is not None:
         rows.append(
             [
@@ -528,7 +556,7 @@ def main(argv=None) -> None:
         X = make_data()
         training = time_training(X, args.rounds, available_peers())
         scoring = time_scoring(X, args.rounds)
-        sampling = count_sampling_passes(X)
+        sampling = time_sampling(X, args.rounds)
         default_fit = None if args.skip_default_fit else time_default_fit(X, args.fit_threads)
     rows = summarize(training, scoring, sampling, default_fit)
     steps_rows = [

@@ -70,8 +70,8 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _SQUARE_SAFE = 1e150
 
 # The invertibility check after fit round-trips at most this many training
-# rows (inverses can be costly: D passes for autoregressive flows, an ODE
-# solve for continuous ones) and warns above this error, in standard
+# rows (inverses can be costly: D sequential steps for autoregressive flows,
+# an ODE solve for continuous ones) and warns above this error, in standard
 # deviations of each column: ~1000x the round-off of a healthy flow.
 INVERTIBILITY_ROWS = 1000
 INVERTIBILITY_TOL = {"float32": 1e-2, "float64": 1e-8}
@@ -346,7 +346,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     ----------
     kind : str, default="maf"
         Flow family. ``"maf"`` (masked autoregressive flow: fast density,
-        sampling takes one pass per feature) or ``"realnvp"`` (affine
+        sampling solves one feature after the other) or ``"realnvp"`` (affine
         coupling: fast in both directions). ``"cnf"`` is a continuous
         normalizing flow (an ODE; trained by flow matching or, with
         ``kind_options={"training": "mle"}``, FFJORD maximum likelihood).
@@ -362,7 +362,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         default, or ``"coupling"``: fast sampling, faster training),
         ``"n_bins"`` (8) and ``"tail_bound"`` (3.0; 5.0 for heavy tails; at most 100).
         ``"iaf"``: inverse autoregressive flow, fast sampling but density
-        (and so training) takes one pass per feature. ``"planar"``: planar
+        (and so training) solves one feature after the other. ``"planar"``: planar
         flow (rank-one layers, no network, ``hidden_units`` ignored); weak
         on tabular data, needs tens of ``n_layers``.
     n_layers : int, default=5

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -112,6 +113,143 @@ class MADE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = _chain(self.net, x)
         return out.view(*x.shape[:-1], self.n_features, self.n_params)
+
+    def autoregress(self, solve: Callable[[Tensor, Tensor], Tensor], like: Tensor) -> Tensor:
+        """Parameters of every feature when the features are only known one
+        step at a time: ``solve(features, params)`` gives the values
+        ``(..., k)`` of the ``k`` features indexed by ``features`` from their
+        parameters ``(..., k, n_params)``; ``like`` gives the batch shape,
+        dtype and device.
+
+        Each hidden unit is computed once, in the step where the inputs it
+        sees are known, so the whole solve costs about one network pass of
+        arithmetic instead of the D passes of the plain fixed-point iteration.
+        Returns the parameters, ``like.shape + (n_params,)``.
+        """
+        plan = self._plan()
+        entries, rows, features, unpermute = plan.indices(like.device, like.dtype)
+        linears, activations = self.net[0::2], self.net[1::2]
+        # Weights with units (and inputs) in the order they become known, cut
+        # into the blocks of units each step computes: a step then reads a
+        # prefix of the previous layer. Masked entries stay zero in that order.
+        weights = [
+            (linear.weight.flatten()[index] * mask).split(sizes)
+            for linear, (index, mask), sizes in zip(linears, entries, plan.sizes, strict=True)
+        ]
+        biases = [
+            linear.bias[index].split(sizes)
+            for linear, index, sizes in zip(linears, rows, plan.sizes, strict=True)
+        ]
+        known = _Columns(like, self.n_features)
+        hidden = [_Columns(like, linear.out_features) for linear in linears[:-1]]
+        params = []
+        for step, solved in enumerate(features):
+            prev = known.value
+            for i, activation in enumerate(activations):
+                if plan.sizes[i][step]:
+                    w = weights[i][step][:, : prev.shape[-1]]
+                    hidden[i].append(activation(nn.functional.linear(prev, w, biases[i][step])))
+                prev = hidden[i].value
+            w = weights[-1][step][:, : prev.shape[-1]]
+            out = nn.functional.linear(prev, w, biases[-1][step])
+            params.append(out.view(*like.shape[:-1], -1, self.n_params))
+            known.append(solve(solved, params[-1]))
+        return torch.cat(params, -2)[..., unpermute, :]
+
+    def _plan(self) -> _AutoregressivePlan:
+        # Derived from the masks (so not stored in files), once per network.
+        plan = getattr(self, "_plan_cache", None)
+        if plan is None:
+            masks = [linear.mask.detach().cpu().bool() for linear in self.net[0::2]]
+            plan = _AutoregressivePlan.from_masks(masks, self.n_params)
+            self._plan_cache = plan
+        return plan
+
+
+class _Columns:
+    """Columns appended block by block. Without autograd they are written into
+    one buffer; with it they are concatenated, since autograd needs the
+    tensors an earlier step read to stay unchanged."""
+
+    def __init__(self, like: Tensor, width: int) -> None:
+        self._buffer = (
+            None if torch.is_grad_enabled() else like.new_empty(like.shape[:-1] + (width,))
+        )
+        self._width = 0
+        self.value = like.new_empty(like.shape[:-1] + (0,))
+
+    def append(self, block: Tensor) -> None:
+        stop = self._width + block.shape[-1]
+        if self._buffer is None:
+            self.value = torch.cat([self.value, block], -1)
+        else:
+            self._buffer[..., self._width : stop] = block
+            self.value = self._buffer[..., :stop]
+        self._width = stop
+
+
+@dataclass
+class _AutoregressivePlan:
+    """When each unit of a MADE can first be computed, solving features in
+    order. ``perms[0]`` orders the input features by the step that solves
+    them, ``perms[l]`` the units of layer ``l`` (output rows last) by the step
+    in which all their inputs are known; ``sizes[l - 1][t]`` is how many units
+    of layer ``l`` step ``t`` computes (a last entry counts those no step
+    needs), and ``solved[t]`` the features it solves."""
+
+    perms: list[Tensor]
+    sizes: list[list[int]]
+    solved: list[Tensor]
+    masks: list[Tensor]
+    # Index tensors and masks moved to each device once, not per call.
+    _on_device: dict[tuple[torch.device, torch.dtype], tuple] = field(default_factory=dict)
+
+    def indices(
+        self, device: torch.device, dtype: torch.dtype
+    ) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor], list[Tensor], Tensor]:
+        """On ``device``: per layer, the flat indices of its weight entries in
+        the plan's order, with the mask in that order (in ``dtype``); per
+        layer, its units in that order; ``solved``; and the inverse of
+        ``perms[0]``."""
+        key = (device, dtype)
+        if key not in self._on_device:
+            entries = []
+            for mask, rows, cols in zip(self.masks, self.perms[1:], self.perms[:-1], strict=True):
+                index = rows[:, None] * mask.shape[1] + cols[None, :]
+                entries.append((index.to(device), mask[rows][:, cols].to(device, dtype)))
+            self._on_device[key] = (
+                entries,
+                [p.to(device) for p in self.perms[1:]],
+                [f.to(device) for f in self.solved],
+                self.perms[0].argsort().to(device),
+            )
+        return self._on_device[key]
+
+    @classmethod
+    def from_masks(cls, masks: list[Tensor], n_params: int) -> _AutoregressivePlan:
+        n_features = masks[0].shape[1]
+        # The step in which each input, unit and output row becomes known.
+        never = n_features
+        known = [torch.full((n_features,), never)]
+        known += [torch.full((m.shape[0],), never) for m in masks]
+        solved = []
+        while (known[0] == never).any():
+            step = len(solved)
+            for layer, mask in enumerate(masks, start=1):
+                waiting = (mask & (known[layer - 1] == never)).any(1)
+                known[layer][(known[layer] == never) & ~waiting] = step
+            rows_known = (known[-1] < never).view(n_features, n_params).all(1)
+            new = (rows_known & (known[0] == never)).nonzero().flatten()
+            if new.numel() == 0:
+                raise ValueError("The masks are not autoregressive: no feature can be solved next.")
+            known[0][new] = step
+            solved.append(new)
+        # Stable sorts keep a step's features, and their output rows, in index
+        # order; units never needed (known after the last step) sort last.
+        perms = [k.argsort(stable=True) for k in known]
+        sizes = [torch.bincount(k, minlength=never + 1) for k in known[1:]]
+        sizes = [c[: len(solved)].tolist() + [int(c[len(solved) :].sum())] for c in sizes]
+        return cls(perms, sizes, solved, masks)
 
 
 class ConvNet(nn.Module):

@@ -312,13 +312,22 @@ class AffineTransformer:
         return (z - shift) * torch.exp(-log_scale), -log_scale
 
 
+# Under autograd (IAF training), D whole network passes are fewer and larger
+# operations than the stepwise solve, and faster below this many features
+# (one layer, batch 256, CPU: 10 features 2.8 ms either way, 16 features
+# 4.7 vs 4.1 ms with (64, 64) hidden units, 20 features 10.4 vs 5.9 ms with
+# (128, 128)). Without autograd the stepwise solve is faster at any size.
+_ITERATE_BELOW = 16
+
+
 class MaskedAutoregressive(Transform):
     """Autoregressive layer: coordinate ``i`` is transformed with parameters
     computed by a MADE from the coordinates before it in ``order`` (default:
     ``0 .. i-1``; Papamakarios et al. 2017).
 
     ``forward`` (density direction) is one network pass; ``inverse``
-    (sampling) needs ``D`` sequential passes, one per coordinate.
+    (sampling) solves the coordinates in ``D`` sequential steps, which
+    together cost about one pass (:meth:`~skflow.engine.nn.MADE.autoregress`).
     """
 
     def __init__(
@@ -337,11 +346,18 @@ class MaskedAutoregressive(Transform):
         return z, ladj.sum(-1)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        # After pass k the first k coordinates (in the MADE's order) are
-        # exact, so D passes suffice.
-        x = torch.zeros_like(z)
-        for _ in range(z.shape[-1]):
-            x, ladj = self.transformer.inverse(z, self.made(x))
+        if torch.is_grad_enabled() and z.shape[-1] < _ITERATE_BELOW:
+            # After pass k the first k coordinates (in the MADE's order) are
+            # exact, so D passes suffice.
+            x = torch.zeros_like(z)
+            for _ in range(z.shape[-1]):
+                x, ladj = self.transformer.inverse(z, self.made(x))
+            return x, ladj.sum(-1)
+
+        def solve(features: Tensor, params: Tensor) -> Tensor:
+            return self.transformer.inverse(z[..., features], params)[0]
+
+        x, ladj = self.transformer.inverse(z, self.made.autoregress(solve, z))
         return x, ladj.sum(-1)
 
 

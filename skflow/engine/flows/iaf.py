@@ -4,7 +4,7 @@ Welling 2016, arXiv:1606.04934).
 An IAF layer is a MAF layer used backwards: the MADE reads the *latent*
 coordinates, so the latent -> data map (sampling) is one network pass per
 layer, while the data -> latent map (density) must recover the coordinates one
-at a time, ``D`` sequential passes per layer. That makes IAF the fast sampler
+at a time, ``D`` sequential steps per layer. That makes IAF the fast sampler
 and MAF the fast density; fitting by maximum likelihood, as this package
 does, pays the slow direction on every training step, so prefer ``"maf"`` or
 ``"nsf"`` unless sampling speed is what matters. Layers are affine

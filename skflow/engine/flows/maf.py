@@ -3,7 +3,8 @@
 Each layer is an affine autoregressive map whose shift and log-scale come from
 a MADE; the autoregressive order is reversed from one layer to the next so
 every coordinate gets conditioned on every other. Density: one pass per
-layer. Sampling: ``D`` sequential passes per layer.
+layer. Sampling: ``D`` sequential steps per layer, about one pass of arithmetic
+in all (:meth:`skflow.engine.nn.MADE.autoregress`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ spline on ``[-tail_bound, tail_bound]`` (identity outside, see
 conditioner network. Two variants share the spline:
 
 - ``"autoregressive"`` (RQ-NSF (AR)): a MADE conditioner, as in MAF.
-  Density: one pass per layer; sampling: ``D`` sequential passes per layer.
+  Density: one pass per layer; sampling: ``D`` sequential steps per layer.
 - ``"coupling"`` (RQ-NSF (C)): half of the coordinates condition the spline
   of the other half, as in RealNVP. Density and sampling: one pass per layer,
   but each layer changes only half of the coordinates.
