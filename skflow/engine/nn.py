@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,8 @@ def _zero_last(linear: nn.Linear | nn.Conv2d) -> None:
     # A zero output layer makes every flow layer start as the identity (or a
     # fixed elementwise map), which keeps the first steps of training stable.
     nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
+    # (The bias is None only for bias=False, which no caller passes.)
+    nn.init.zeros_(cast(Tensor, linear.bias))
 
 
 class MLP(nn.Sequential):
@@ -57,6 +59,8 @@ def _chain(layers: nn.Sequential, x: Tensor) -> Tensor:
 
 class MaskedLinear(nn.Linear):
     """Linear layer whose weight is multiplied by a fixed 0/1 mask."""
+
+    mask: Tensor
 
     def __init__(self, mask: Tensor) -> None:
         out_features, in_features = mask.shape
