@@ -25,7 +25,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,7 @@ def read_table(path: str, header: bool | None):
         import pandas as pd
     except ImportError:
         raise CLIError("the command line reads CSV files with pandas: pip install pandas") from None
+    source: io.BytesIO | str
     if path == "-":
         # Bytes (one per character), read once: standard input cannot rewind.
         source = io.BytesIO(sys.stdin.buffer.read())
@@ -206,7 +207,7 @@ def _batch_size(text: str) -> str | int:
 
 
 # Command-line option -> FlowDensity parameter (same name with "_"), with its type.
-_FIT_OPTIONS = {
+_FIT_OPTIONS: dict[str, tuple[Callable[[str], object], str]] = {
     "n-layers": (int, "number of flow layers"),
     "hidden-units": (_hidden_units, "conditioner hidden widths: 128 (two layers of 128) or 128,64"),
     "max-iter": (int, "maximum number of epochs"),

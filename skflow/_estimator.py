@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from numbers import Integral, Real
+from typing import cast
 
 import numpy as np
 import torch
@@ -52,7 +53,14 @@ from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.flows import SHAPE_OPTIONS
 from skflow.engine.rng import drawing_from, seeded_global_rng
 from skflow.engine.training import eval_chunk
-from skflow.engine.transforms import Affine, Compose, LogTails, PiecewiseLinear, without_log_det
+from skflow.engine.transforms import (
+    Affine,
+    Compose,
+    LogTails,
+    PiecewiseLinear,
+    Transform,
+    without_log_det,
+)
 from skflow.exceptions import InvertibilityWarning
 
 # Under contamination="auto", the offset is this quantile of the scores of
@@ -102,7 +110,8 @@ def _check_fitted(fitted: dict, cls: type) -> None:
     if bad:
         raise ValueError(f"invalid fitted attribute names {bad}")
     d = fitted.get("n_features_in_")
-    if not (isinstance(d, Integral) and not isinstance(d, bool) and d >= 1):
+    # (cast: typeshed's numbers.Integral declares < and <= only.)
+    if not (isinstance(d, Integral) and not isinstance(d, bool) and cast(int, d) >= 1):
         raise ValueError(f"n_features_in_={d!r} is not a positive int")
     shapes = {"dequantization_": (d,), "center_": (d,), "lattice_range_": (2, d)}
     for name, shape in shapes.items():
@@ -171,12 +180,12 @@ def _checked_split(split: object) -> tuple:
     )
     if ok:
         try:
-            np.random.RandomState().set_state(split[0])
+            np.random.RandomState().set_state(cast(tuple, split)[0])
         except (TypeError, ValueError):
             ok = False
     if not ok:
         raise ValueError("its validation split is not one fit could have written")
-    return split
+    return cast(tuple, split)  # (checked above)
 
 
 def _center(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -688,7 +697,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             return (width, width)
         if isinstance(units, Integral):
             return (int(units), int(units))
-        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in units):
+        # (cast: typeshed's numbers.Integral declares < and <= only.)
+        if not all(
+            isinstance(h, Integral) and not isinstance(h, bool) and cast(int, h) >= 1 for h in units
+        ):
             raise ValueError(
                 f"hidden_units must be 'auto', a positive int or a tuple of positive ints "
                 f"(possibly empty: linear conditioners), got {units!r}."
@@ -701,7 +713,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         lives in its ``state_dict`` (weights and buffers), so a saved state
         restores it exactly."""
         # Fixed layers, fitted to the data in _fit_preprocessing.
-        preprocess = [Affine(torch.zeros(n_features), torch.ones(n_features))]
+        preprocess: list[Transform] = [Affine(torch.zeros(n_features), torch.ones(n_features))]
         if self.gaussianize:
             grid = torch.linspace(-1, 1, N_KNOTS).expand(n_features, N_KNOTS)
             preprocess.insert(0, PiecewiseLinear(grid, grid))
@@ -742,21 +754,24 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         half = half_widths(X, cells)
         X = X - center
         flow.dequantization.copy_(torch.as_tensor(widths).to(flow.dequantization.dtype))
-        layers = flow.transform.transforms
+        # (The layers _build_flow made: the checker sees only Modules.)
+        layers = cast(Compose, flow.transform).transforms
         noise_var = np.average(half**2, axis=0, weights=weights) / 3.0
         if self.gaussianize:
+            marginal = cast(PiecewiseLinear, layers[0])
             x_knots, z_knots = gaussianizing_knots(X, half, weights=weights)
-            layers[0].reset(torch.as_tensor(x_knots), torch.as_tensor(z_knots))
+            marginal.reset(torch.as_tensor(x_knots), torch.as_tensor(z_knots))
             # Whiten what the marginal layer outputs, noise included (one
             # fixed draw, as in gaussianizing_knots).
             jitter = np.random.RandomState(0).uniform(-0.5, 0.5, size=X.shape) * 2 * half
-            knots = layers[0].x_knots  # already on the flow's device
+            knots = marginal.x_knots  # already on the flow's device
             noisy = torch.as_tensor(X + jitter, dtype=knots.dtype, device=knots.device)
             with torch.no_grad():
-                X = layers[0](noisy)[0]
-            X, noise_var = X.cpu().double().numpy(), np.zeros_like(noise_var)
+                Z = marginal(noisy)[0]
+            X, noise_var = Z.cpu().double().numpy(), np.zeros_like(noise_var)
         loc, scale = standardization(X, noise_var, self.whiten, weights)
-        layers[1 if self.gaussianize else 0].reset(torch.as_tensor(loc), torch.as_tensor(scale))
+        standardize = cast(Affine, layers[1 if self.gaussianize else 0])
+        standardize.reset(torch.as_tensor(loc), torch.as_tensor(scale))
         # The widths in float64 (the buffer has the flow's dtype): sample()
         # snaps onto their lattice.
         return widths, cells, half

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,8 @@ def std_normal_log_prob(z: Tensor) -> Tensor:
 
 class StandardNormal(nn.Module):
     """Standard normal on ``R^D``; the latent distribution of every flow."""
+
+    _anchor: Tensor
 
     def __init__(self, n_features: int) -> None:
         super().__init__()
@@ -45,8 +48,16 @@ class StandardNormal(nn.Module):
         return z.to(self._anchor.device)
 
 
+class OwnObjective(Protocol):
+    """A layer with a ``training_loss`` of its own (see :attr:`Flow.own_objective`)."""
+
+    def training_loss(self, x: Tensor, ladj: Tensor) -> Tensor: ...
+
+
 class Flow(nn.Module):
     """A normalizing flow: ``log p(x) = log N(T(x)) + log|det dT/dx|``."""
+
+    dequantization: Tensor
 
     def __init__(self, transform: Transform, base: StandardNormal) -> None:
         super().__init__()
@@ -61,7 +72,8 @@ class Flow(nn.Module):
         """The transform's layers in order (the transform itself when it is
         not a :class:`~skflow.engine.transforms.Compose`)."""
         if isinstance(self.transform, Compose):
-            return list(self.transform.transforms)
+            # (ModuleList yields Module: a Compose holds Transforms.)
+            return cast("list[Transform]", list(self.transform.transforms))
         return [self.transform]
 
     @property
@@ -108,7 +120,7 @@ class Flow(nn.Module):
         for layer in self.layers[:-1]:
             x, layer_ladj = layer(x)
             ladj = ladj + layer_ladj
-        return own.training_loss(x, ladj)
+        return cast(OwnObjective, own).training_loss(x, ladj)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` rows drawn from the flow, shape ``(n, D)``, on its device:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,8 @@ def _zero_last(linear: nn.Linear | nn.Conv2d) -> None:
     # A zero output layer makes every flow layer start as the identity (or a
     # fixed elementwise map), which keeps the first steps of training stable.
     nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
+    # (The bias is None only for bias=False, which no caller passes.)
+    nn.init.zeros_(cast(Tensor, linear.bias))
 
 
 class MLP(nn.Sequential):
@@ -58,6 +60,8 @@ def _chain(layers: nn.Sequential, x: Tensor) -> Tensor:
 
 class MaskedLinear(nn.Linear):
     """Linear layer whose weight is multiplied by a fixed 0/1 mask."""
+
+    mask: Tensor
 
     def __init__(self, mask: Tensor) -> None:
         out_features, in_features = mask.shape
@@ -128,7 +132,9 @@ class MADE(nn.Module):
         """
         plan = self._plan()
         entries, rows, features, unpermute = plan.indices(like.device, like.dtype)
-        linears, activations = self.net[0::2], self.net[1::2]
+        layers = list(self.net)
+        linears = cast(list[MaskedLinear], layers[0::2])
+        activations = layers[1::2]
         # Weights with units (and inputs) in the order they become known, cut
         # into the blocks of units each step computes: a step then reads a
         # prefix of the previous layer. Masked entries stay zero in that order.
@@ -160,7 +166,8 @@ class MADE(nn.Module):
         # Derived from the masks (so not stored in files), once per network.
         plan = getattr(self, "_plan_cache", None)
         if plan is None:
-            masks = [linear.mask.detach().cpu().bool() for linear in self.net[0::2]]
+            linears = cast(list[MaskedLinear], list(self.net)[0::2])
+            masks = [linear.mask.detach().cpu().bool() for linear in linears]
             plan = _AutoregressivePlan.from_masks(masks, self.n_params)
             self._plan_cache = plan
         return plan
@@ -232,7 +239,7 @@ class _AutoregressivePlan:
         never = n_features
         known = [torch.full((n_features,), never)]
         known += [torch.full((m.shape[0],), never) for m in masks]
-        solved = []
+        solved: list[Tensor] = []
         while (known[0] == never).any():
             step = len(solved)
             for layer, mask in enumerate(masks, start=1):
@@ -247,8 +254,8 @@ class _AutoregressivePlan:
         # Stable sorts keep a step's features, and their output rows, in index
         # order; units never needed (known after the last step) sort last.
         perms = [k.argsort(stable=True) for k in known]
-        sizes = [torch.bincount(k, minlength=never + 1) for k in known[1:]]
-        sizes = [c[: len(solved)].tolist() + [int(c[len(solved) :].sum())] for c in sizes]
+        counts = [torch.bincount(k, minlength=never + 1) for k in known[1:]]
+        sizes = [c[: len(solved)].tolist() + [int(c[len(solved) :].sum())] for c in counts]
         return cls(perms, sizes, solved, masks)
 
 

@@ -94,14 +94,14 @@ class RationalQuadraticSplineTransformer:
             raise ValueError("min_bin_width and min_bin_height must be below 1 / n_bins.")
         if not 0 < min_derivative < 1:
             raise ValueError(f"min_derivative must be in (0, 1), got {min_derivative}.")
-        self.n_bins = n_bins
-        self.tail_bound = float(tail_bound)
-        self.min_bin_width = min_bin_width
-        self.min_bin_height = min_bin_height
-        self.min_derivative = min_derivative
+        self.n_bins: int = n_bins
+        self.tail_bound: float = float(tail_bound)
+        self.min_bin_width: float = min_bin_width
+        self.min_bin_height: float = min_bin_height
+        self.min_derivative: float = min_derivative
         # softplus(0 + shift) + min_derivative == 1: zero parameters give slope 1.
-        self._derivative_shift = math.log(math.expm1(1 - min_derivative))
-        self.n_params = 3 * n_bins - 1
+        self._derivative_shift: float = math.log(math.expm1(1 - min_derivative))
+        self.n_params: int = 3 * n_bins - 1
 
     def _spline(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Knots ``x_k``, ``y_k`` (``K + 1``), bin widths and heights (``K``) and

@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor
 
-from skflow.engine.distributions import Flow
+from skflow.engine.distributions import Flow, OwnObjective
 from skflow.engine.ode import SolverUnderflow, underflow_as_error
 from skflow.engine.rng import draw, drawing_from
 from skflow.engine.transforms import ActNorm, Compose
@@ -145,16 +146,15 @@ class _FusedAdamW:
     lacks it or changed its signature.
     """
 
-    def __init__(self, params: list[Tensor], lr: float, weight_decay: float) -> None:
+    def __init__(self, params: Sequence[Tensor], lr: float, weight_decay: float) -> None:
         self.params = params
         self.exp_avgs = [torch.zeros_like(p) for p in params]
         self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
         # float32 on the parameters' device, as torch.optim keeps it for the
         # fused kernel: incrementing it never waits for a GPU.
-        self.shared_step: Tensor | None = torch.zeros(
-            (), dtype=torch.float32, device=params[0].device
-        )
-        self.steps = [self.shared_step] * len(params)
+        shared_step = torch.zeros((), dtype=torch.float32, device=params[0].device)
+        self.shared_step: Tensor | None = shared_step
+        self.steps: list[Tensor] = [shared_step] * len(params)
         self.options = {
             "lr": lr,
             "beta1": 0.9,
@@ -177,7 +177,10 @@ class _FusedAdamW:
         grads = [p.grad for p in self.params]
         if self.shared_step is not None and all(g is not None for g in grads):
             self.shared_step.add_(1)
-            torch._fused_adamw_(
+            # A private kernel whose stub wants lists or tuples and a typed
+            # keyword per option, not a dict of floats and bools; grads holds
+            # no None here, which the checker cannot see.
+            torch._fused_adamw_(  # type: ignore[call-overload]
                 self.params, grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps, **self.options
             )
             return
@@ -189,8 +192,12 @@ class _FusedAdamW:
             return
         lists = (self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps)
         params, grads, exp_avgs, exp_avg_sqs, steps = ([seq[i] for i in keep] for seq in lists)
-        torch._foreach_add_(steps, 1)
-        torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, **self.options)
+        # (Tensors from self.steps: the tuple's grads widen the type to None.)
+        torch._foreach_add_(cast("list[Tensor]", steps), 1)
+        # (As above: the kept grads hold no None.)
+        torch._fused_adamw_(  # type: ignore[call-overload]
+            params, grads, exp_avgs, exp_avg_sqs, [], steps, **self.options
+        )
 
 
 def _fused_kernel_works(like: Tensor) -> bool:
@@ -207,7 +214,7 @@ def _fused_kernel_works(like: Tensor) -> bool:
 
 
 def _make_optimizer(
-    params: list[Tensor], lr: float, weight_decay: float
+    params: Sequence[Tensor], lr: float, weight_decay: float
 ) -> _FusedAdamW | torch.optim.Optimizer:
     """AdamW, fused into one kernel over all parameters where torch has that
     (CPU and CUDA; see :class:`_FusedAdamW`): the per-parameter Python loop of
@@ -225,7 +232,7 @@ def _make_optimizer(
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def _clip_grad_norm(params: list[Tensor], max_norm: float) -> None:
+def _clip_grad_norm(params: Sequence[Tensor], max_norm: float) -> None:
     """``torch.nn.utils.clip_grad_norm_`` for parameters that share one device
     and dtype (a flow's do), without its grouping of the gradients by device
     and dtype at every call (about 1.5% of a small flow's step on CPU). The
@@ -244,7 +251,7 @@ class _ExponentialAverage:
     to ``decay``; :meth:`swap` exchanges the live and the averaged values in
     place."""
 
-    def __init__(self, params: list[Tensor], decay: float) -> None:
+    def __init__(self, params: Sequence[Tensor], decay: float) -> None:
         # Detached views share the parameters' storage, so they follow the
         # optimizer's in-place steps: made once, not at every update.
         self.params = [p.detach() for p in params]
@@ -307,7 +314,7 @@ def _split_loss(
     fixed = Compose(*layers[:n_fixed])
     trained = layers[n_fixed:]
     own = flow.own_objective
-    own_loss = None if own is None else own.training_loss
+    own_loss = None if own is None else cast(OwnObjective, own).training_loss
 
     def loss(z: Tensor, ladj: Tensor) -> Tensor:
         for layer in trained if own_loss is None else trained[:-1]:
@@ -332,7 +339,7 @@ def _split_loss(
 def _compile_soft(
     loss: Callable[[Tensor, Tensor], Tensor],
     inputs: tuple[Tensor, Tensor],
-    params: list[Tensor],
+    params: Sequence[Tensor],
     result: TrainingResult,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """``torch.compile`` of the training loss, or the loss itself (with the
@@ -419,7 +426,8 @@ def _run_epoch(
         total = loss if total is None else total + loss
         if deadline is not None and time.monotonic() > deadline:
             return float(total) / (b + 1), True
-    return float(total) / n_batches, False
+    # (n_batches >= 1: the loop set total.)
+    return float(cast(Tensor, total)) / n_batches, False
 
 
 def train_flow(
@@ -530,13 +538,16 @@ def train_flow(
         half, half_val = _noise_half_widths(flow, X_train, X_val, noise)
         noisy = bool((half > 0).any())
         if noisy and X_val is not None:
-            X_val = _dequantized(X_val, half_val)
+            # (half_val is None only without X_val.)
+            X_val = _dequantized(X_val, cast(Tensor, half_val))
         w_train, w_val = _checked_weights(X_train, X_val, weights)
         batch_inputs, batch_loss = _split_loss(flow, X_train, half, noisy)
         draws = None if w_train is None else _WeightedDraws(w_train)
         if w_val is not None:
             # The largest is 1 in the loss's dtype: the weighted mean's
             # denominator is at least 1 (tinier weights may round to 0).
+            # (w_val is None without X_val: _checked_weights.)
+            X_val = cast(Tensor, X_val)
             w_val = _scaled_weights(w_val).to(device=X_val.device, dtype=X_val.dtype)
         ema = _ExponentialAverage(params, flow.ema_decay) if flow.ema_decay else None
         _initialize_actnorm(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -85,7 +85,8 @@ class Compose(Transform):
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         total = z.new_zeros(z.shape[0])
         for t in reversed(self.transforms):
-            z, ladj = t.inverse(z)
+            # (ModuleList yields Module: it holds Transforms here.)
+            z, ladj = cast(Transform, t).inverse(z)
             total = total + ladj
         return z, total
 
@@ -113,6 +114,11 @@ class Affine(Transform):
     once and are part of the density (log|det| = -sum log diag L), so scores
     stay in the user's units. ``scale`` may be a vector (the diagonal of L).
     """
+
+    loc: Tensor
+    tril: Tensor
+    inv_tril: Tensor
+    log_det: Tensor
 
     def __init__(self, loc: Tensor, scale: Tensor) -> None:
         super().__init__()
@@ -166,6 +172,9 @@ class PiecewiseLinear(Transform):
 
     # Beyond this many units past the end knot, the inverse's exp saturates.
     MAX_TAIL = 80.0
+
+    x_knots: Tensor
+    z_knots: Tensor
 
     def __init__(self, x_knots: Tensor, z_knots: Tensor) -> None:
         super().__init__()
@@ -259,6 +268,9 @@ class LogTails(Transform):
 
 class Permutation(Transform):
     """Reorder features; volume preserving."""
+
+    perm: Tensor
+    inv_perm: Tensor
 
     def __init__(self, perm: Tensor) -> None:
         super().__init__()
@@ -382,6 +394,9 @@ class Coupling(Transform):
     MLP with ``hidden_units``.
     """
 
+    idx_cond: Tensor
+    idx_trans: Tensor
+
     def __init__(
         self,
         mask: Tensor,
@@ -504,6 +519,8 @@ class ActNorm(ElementwiseAffine):
     # torch 2.13's compiler crashed the process on Glow's ActNorm + LU stack.
     compilable = False
 
+    initialized: Tensor
+
     def __init__(self, n_channels: int) -> None:
         super().__init__(n_channels)
         self.register_buffer("initialized", torch.tensor(False))
@@ -546,6 +563,9 @@ class LULinear(Transform):
     """
 
     compilable = False  # see ActNorm
+
+    perm: Tensor
+    sign: Tensor
 
     def __init__(self, n_channels: int, rotation: bool = True) -> None:
         super().__init__()
@@ -594,6 +614,9 @@ class BatchNormFlow(Transform):
     it, is not invertible (it forgets the batch's mean and spread).
     ``inverse`` always uses the running averages: a latent row has no batch.
     """
+
+    running_mean: Tensor
+    running_var: Tensor
 
     def __init__(self, n_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()

@@ -72,6 +72,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from numbers import Integral, Real
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -155,9 +156,11 @@ def _check_options(
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"kind='cnf' option {name}={value!r} is not one of {list(allowed)}.")
-    for name, value in {"rtol": rtol, "atol": atol}.items():
-        if not (_is_number(value) and value > 0):
-            raise ValueError(f"kind='cnf' option {name} must be a positive number, got {value!r}.")
+    for name, tolerance in {"rtol": rtol, "atol": atol}.items():
+        if not (_is_number(tolerance) and tolerance > 0):
+            raise ValueError(
+                f"kind='cnf' option {name} must be a positive number, got {tolerance!r}."
+            )
     positive = {
         "n_steps": n_steps,
         "n_probes": n_probes,
@@ -165,14 +168,14 @@ def _check_options(
         "augment_samples": augment_samples,
     }
     non_negative = {"exact_max_dim": exact_max_dim, "augment_dims": augment_dims}
-    for name, value in {**positive, **non_negative}.items():
-        if not isinstance(value, Integral) or isinstance(value, bool) or value < (name in positive):
+    for name, count in {**positive, **non_negative}.items():
+        if not isinstance(count, Integral) or isinstance(count, bool) or count < (name in positive):
             kind = "positive" if name in positive else "non-negative"
-            raise ValueError(f"kind='cnf' option {name} must be a {kind} int, got {value!r}.")
-    for name, value in {"kinetic_energy": kinetic_energy, "jacobian_norm": jacobian_norm}.items():
-        if not (_is_number(value) and value >= 0):
-            raise ValueError(f"kind='cnf' option {name} must be >= 0, got {value!r}.")
-        if value > 0 and training != "mle":
+            raise ValueError(f"kind='cnf' option {name} must be a {kind} int, got {count!r}.")
+    for name, weight in {"kinetic_energy": kinetic_energy, "jacobian_norm": jacobian_norm}.items():
+        if not (_is_number(weight) and weight >= 0):
+            raise ValueError(f"kind='cnf' option {name} must be >= 0, got {weight!r}.")
+        if weight > 0 and training != "mle":
             raise ValueError(
                 f"kind='cnf' option {name} regularizes the ODE solved in training='mle'; "
                 "flow matching solves none (its straight paths need no such penalty). "
@@ -216,8 +219,11 @@ class ContinuousFlow(Transform):
     flow matching, none for ``mle``; 0: no averaging).
     """
 
+    seed: Tensor
+
+    # (Transform's class attribute, read-only here: it follows the training option.)
     @property
-    def compilable(self) -> bool:
+    def compilable(self) -> bool:  # type: ignore[override]
         # Flow matching trains on one network pass; FFJORD's adaptive ODE
         # solve is data-dependent control flow that compiling cannot fuse.
         return self.training_method == "flow_matching"
@@ -369,7 +375,7 @@ class ContinuousFlow(Transform):
             # The exact trace holds dim x rows x width activations per
             # evaluation: bound the memory of large scoring calls.
             parts = [self._integrate(rows, to_data) for rows in x.split(_SOLVE_ROWS)]
-            z, ladj, reg = (torch.cat([part[i] for part in parts]) for i in range(3))
+            z, ladj, reg = (torch.cat([cast(Tensor, part[i]) for part in parts]) for i in range(3))
             solves = [rhs for part in parts for rhs in part[3]]
         self._nfe_last = sum(rhs.nfe for rhs in solves)
         if self.training:
@@ -400,7 +406,8 @@ class ContinuousFlow(Transform):
             options["dtype"] = torch.float32
         solves = []
         for k in order:
-            rhs = SolveDynamics(self.blocks[k], probes, create_graph)
+            # (ModuleList yields Module: blocks holds Dynamics.)
+            rhs = SolveDynamics(cast(Dynamics, self.blocks[k]), probes, create_graph)
             span = knots[k : k + 2] if to_data else knots[k : k + 2].flip(0)
             kwargs = {"rtol": self.rtol, "atol": self.atol, "method": self.solver}
             with underflow_as_error():
@@ -515,11 +522,12 @@ class ContinuousFlow(Transform):
         xt = (1 - (1 - self.sigma_min) * t) * x0 + t * x1
         target = x1 - (1 - self.sigma_min) * x0
         if n_blocks == 1:
-            velocity = self.blocks[0].field(t, xt)
+            velocity = cast(Dynamics, self.blocks[0]).field(t, xt)
         else:
             velocity = torch.empty_like(x1)
             for k, block in enumerate(self.blocks):
-                velocity[k::n_blocks] = block.field(t[k::n_blocks], xt[k::n_blocks])
+                field = cast(Dynamics, block).field
+                velocity[k::n_blocks] = field(t[k::n_blocks], xt[k::n_blocks])
         return (velocity - target).square().sum(-1)
 
     def _pairing(self, x0: Tensor, x1: Tensor, group: int, fixed: bool) -> Tensor:
@@ -552,7 +560,7 @@ class ContinuousFlow(Transform):
 
 
 def build_cnf(
-    n_features: int, *, n_layers: int, hidden_units: Sequence[int], **options: object
+    n_features: int, *, n_layers: int, hidden_units: Sequence[int], **options: Any
 ) -> Transform:
     """Continuous normalizing flow with ``n_layers`` vector-field blocks in
     time; ``options`` are those of :class:`ContinuousFlow`."""
