@@ -49,10 +49,10 @@ from skflow._preprocessing import (
 )
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
+from skflow.engine.device import eval_chunk
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.flows import SHAPE_OPTIONS
 from skflow.engine.rng import drawing_from, seeded_global_rng
-from skflow.engine.training import eval_chunk
 from skflow.engine.transforms import (
     Affine,
     Compose,

@@ -545,7 +545,7 @@ def test_scoring_and_sampling_in_chunks_match_one_pass(fitted, monkeypatch):
 
     scores, samples = fitted.score_samples(X), fitted.sample(50, random_state=0)
     monkeypatch.setattr(skflow._estimator, "eval_chunk", lambda device: 7)
-    monkeypatch.setattr(skflow.engine.distributions, "SAMPLE_CHUNK", 7)
+    monkeypatch.setattr(skflow.engine.distributions, "eval_chunk", lambda device: 7)
     np.testing.assert_allclose(fitted.score_samples(X), scores, rtol=1e-6)
     np.testing.assert_allclose(fitted.sample(50, random_state=0), samples, rtol=1e-5, atol=1e-6)
 

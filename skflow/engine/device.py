@@ -1,8 +1,21 @@
-"""Resolve a user's ``device`` argument into a :class:`torch.device`."""
+"""Resolve a user's ``device`` argument into a :class:`torch.device`, and
+how many rows to process at a time on it."""
 
 from __future__ import annotations
 
 import torch
+
+EVAL_CHUNK = 65536
+# On a CPU, chunks this small keep a network's activations in cache: scoring
+# runs about 20% faster than EVAL_CHUNK rows at a time, sampling a MAF or an
+# autoregressive NSF 20-30% faster (100,000-200,000 rows, one thread).
+CPU_EVAL_CHUNK = 4096
+
+
+def eval_chunk(device: torch.device) -> int:
+    """Rows per pass on ``device`` when nothing is differentiated (scoring,
+    sampling): bounds the memory of large inputs."""
+    return CPU_EVAL_CHUNK if device.type == "cpu" else EVAL_CHUNK
 
 
 def _mps_available() -> bool:

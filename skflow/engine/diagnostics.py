@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from skflow.engine.device import EVAL_CHUNK
 from skflow.engine.ode import SolverUnderflow
-from skflow.engine.training import EVAL_CHUNK
 from skflow.engine.transforms import Transform
 
 

@@ -8,12 +8,11 @@ from typing import Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from skflow.engine.device import eval_chunk
 from skflow.engine.rng import drawing_from
 from skflow.engine.transforms import Compose, Transform
 
 _LOG_2PI = math.log(2 * math.pi)
-# Rows per inverse pass when sampling: bounds the memory of large draws.
-SAMPLE_CHUNK = 65536
 
 
 def std_normal_log_prob(z: Tensor) -> Tensor:
@@ -125,10 +124,10 @@ class Flow(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` rows drawn from the flow, shape ``(n, D)``, on its device:
         base draws mapped through the inverse transform (in chunks of
-        65,536 rows). With a CPU ``generator`` the draws are reproducible on
-        any device; without one they come from torch's global generator (and
-        a layer's own draws from the thread's noise generator, if one is set:
-        see :mod:`skflow.engine.rng`).
+        :func:`~skflow.engine.device.eval_chunk` rows). With a CPU
+        ``generator`` the draws are reproducible on any device; without one
+        they come from torch's global generator (and a layer's own draws from
+        the thread's noise generator, if one is set: see :mod:`skflow.engine.rng`).
         Wrap in ``torch.no_grad()`` unless you need gradients."""
         z = self.base.sample(n, generator)
         if generator is None:
@@ -141,11 +140,12 @@ class Flow(nn.Module):
             return self._invert(z)
 
     def _invert(self, z: Tensor) -> Tensor:
-        if z.shape[0] <= SAMPLE_CHUNK:
+        chunk = eval_chunk(z.device)
+        if z.shape[0] <= chunk:
             return self.transform.inverse(z)[0]
         # The latent draws are made at once (the same numbers for any n), the
         # inverse pass in chunks so its activations stay bounded.
-        return torch.cat([self.transform.inverse(part)[0] for part in z.split(SAMPLE_CHUNK)], dim=0)
+        return torch.cat([self.transform.inverse(part)[0] for part in z.split(chunk)], dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.log_prob(x)
