@@ -267,16 +267,17 @@ def _made_calls(transform: torch.nn.Module) -> list[int]:
 @pytest.mark.parametrize("kind", ["iaf", "maf"])
 def test_autoregressive_slow_direction_costs_one_pass(kind):
     # The fast direction (IAF's sampling, MAF's density) is one MADE pass
-    # per layer. The slow one solves D steps, each computing only the hidden
-    # units its inputs allow: their matrix products together cost at most one
-    # pass (the D whole passes of a fixed-point iteration cost D times more).
-    d, n_layers = 5, 3
-    t = build_transform(kind, d, n_layers=n_layers, hidden_units=(16,))
+    # per layer. On a batch this large the slow one solves D steps, each
+    # computing only the hidden units its inputs allow: their matrix products
+    # together cost at most one pass (the D whole passes of a fixed-point
+    # iteration, used for small batches, cost D times more).
+    d, n_layers, n = 5, 3, 4096
+    t = build_transform(kind, d, n_layers=n_layers, hidden_units=(64,))
     _randomize(t, 0.3)
     flow = Flow(t, StandardNormal(d)).double()
     calls = _made_calls(t)
-    x = torch.randn(11, d, dtype=torch.float64)
-    directions = [lambda: flow.sample(11), lambda: flow.log_prob(x)]
+    x = torch.randn(n, d, dtype=torch.float64)
+    directions = [lambda: flow.sample(n), lambda: flow.log_prob(x)]
     fast_direction, slow_direction = directions if kind == "iaf" else directions[::-1]
     with torch.no_grad():
         with FlopCounterMode(display=False) as fast:

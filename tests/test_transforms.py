@@ -298,23 +298,57 @@ def test_stepwise_autoregressive_solve_matches_fixed_point(n_features, hidden, g
             torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("n_features", [4, 20])
-def test_masked_autoregressive_inverse_is_exact_with_and_without_autograd(n_features):
-    # Below 16 features the layer iterates under autograd and solves stepwise
-    # without it; at 20 both are stepwise. Each must invert forward exactly
-    # and report minus its log-determinant.
+@pytest.mark.parametrize("stepwise", [True, False])
+@pytest.mark.parametrize("grad", [False, True])
+def test_masked_autoregressive_inverse_is_exact_either_way(stepwise, grad, monkeypatch):
+    # The layer picks the stepwise solve or D whole passes by batch size,
+    # feature count and autograd; each way must invert forward exactly and
+    # report minus its log-determinant.
+    import skflow.engine.transforms as transforms
+
+    limit = 0 if stepwise else 10**12
+    monkeypatch.setattr(transforms, "_STEPWISE_MIN_WORK", limit)
+    monkeypatch.setattr(transforms, "_STEPWISE_MIN_FEATURES_WITH_GRAD", limit)
     torch.manual_seed(0)
-    layer = MaskedAutoregressive(n_features, AffineTransformer(), HIDDEN).double()
+    layer = MaskedAutoregressive(6, AffineTransformer(), HIDDEN).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_(std=0.3)
-    x = torch.randn(16, n_features, dtype=torch.float64)
+    passes = [0]
+    layer.made.register_forward_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+    x = torch.randn(16, 6, dtype=torch.float64)
     z, ladj = layer(x)
-    for grad in (False, True):
-        with torch.set_grad_enabled(grad):
-            x_back, ladj_back = layer.inverse(z)
-        torch.testing.assert_close(x_back, x, rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(ladj_back, -ladj, rtol=1e-9, atol=1e-9)
+    with torch.set_grad_enabled(grad):
+        x_back, ladj_back = layer.inverse(z)
+    assert passes[0] == (1 if stepwise else 7)
+    torch.testing.assert_close(x_back, x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ladj_back, -ladj, rtol=1e-9, atol=1e-9)
+
+
+def test_stepwise_plan_is_not_copied_and_follows_new_masks(monkeypatch):
+    # The plan is derived from the masks: copies and pickles leave it out (it
+    # may hold GPU index tensors), and masks loaded from another network (a
+    # reversed order) are followed, not the plan of the old ones.
+    import copy
+    import pickle
+
+    import skflow.engine.transforms as transforms
+
+    monkeypatch.setattr(transforms, "_STEPWISE_MIN_WORK", 0)
+    torch.manual_seed(0)
+    layer = MaskedAutoregressive(5, AffineTransformer(), HIDDEN).double()
+    other = MaskedAutoregressive(5, AffineTransformer(), HIDDEN, torch.arange(4, -1, -1)).double()
+    with torch.no_grad():
+        for p in [*layer.parameters(), *other.parameters()]:
+            p.normal_(std=0.3)
+        z = torch.randn(8, 5, dtype=torch.float64)
+        layer.inverse(z)
+        assert "_plan_cache" in layer.made.__dict__
+        assert "_plan_cache" not in copy.deepcopy(layer.made).__dict__
+        assert "_plan_cache" not in pickle.loads(pickle.dumps(layer.made)).__dict__
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer.inverse(z), other.inverse(z), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(layer(layer.inverse(z)[0])[0], z, rtol=1e-9, atol=1e-9)
 
 
 def test_build_transform_names_the_options_of_a_kind():

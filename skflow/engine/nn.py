@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -118,6 +118,12 @@ class MADE(nn.Module):
         out = _chain(self.net, x)
         return out.view(*x.shape[:-1], self.n_features, self.n_params)
 
+    @property
+    def n_weights(self) -> int:
+        """Entries of the weight matrices, masked ones included: the
+        multiply-adds of one pass per row."""
+        return sum(cast(MaskedLinear, layer).weight.numel() for layer in list(self.net)[0::2])
+
     def autoregress(self, solve: Callable[[Tensor, Tensor], Tensor], like: Tensor) -> Tensor:
         """Parameters of every feature when the features are only known one
         step at a time: ``solve(features, params)`` gives the values
@@ -130,21 +136,22 @@ class MADE(nn.Module):
         arithmetic instead of the D passes of the plain fixed-point iteration.
         Returns the parameters, ``like.shape + (n_params,)``.
         """
-        plan = self._plan()
-        entries, rows, features, unpermute = plan.indices(like.device, like.dtype)
-        layers = list(self.net)
-        linears = cast(list[MaskedLinear], layers[0::2])
-        activations = layers[1::2]
+        linears = cast(list[MaskedLinear], list(self.net)[0::2])
+        activations = list(self.net)[1::2]
+        plan = self._plan(linears)
+        perms, features, unpermute = plan.indices(like.device)
         # Weights with units (and inputs) in the order they become known, cut
         # into the blocks of units each step computes: a step then reads a
-        # prefix of the previous layer. Masked entries stay zero in that order.
+        # prefix of the previous layer.
         weights = [
-            (linear.weight.flatten()[index] * mask).split(sizes)
-            for linear, (index, mask), sizes in zip(linears, entries, plan.sizes, strict=True)
+            (linear.weight * linear.mask).index_select(0, rows).index_select(1, cols).split(sizes)
+            for linear, rows, cols, sizes in zip(
+                linears, perms[1:], perms[:-1], plan.sizes, strict=True
+            )
         ]
         biases = [
-            linear.bias[index].split(sizes)
-            for linear, index, sizes in zip(linears, rows, plan.sizes, strict=True)
+            linear.bias.index_select(0, rows).split(sizes)
+            for linear, rows, sizes in zip(linears, perms[1:], plan.sizes, strict=True)
         ]
         known = _Columns(like, self.n_features)
         hidden = [_Columns(like, linear.out_features) for linear in linears[:-1]]
@@ -153,24 +160,34 @@ class MADE(nn.Module):
             prev = known.value
             for i, activation in enumerate(activations):
                 if plan.sizes[i][step]:
-                    w = weights[i][step][:, : prev.shape[-1]]
+                    w = weights[i][step][:, : prev.shape[-1]].contiguous()
                     hidden[i].append(activation(nn.functional.linear(prev, w, biases[i][step])))
                 prev = hidden[i].value
-            w = weights[-1][step][:, : prev.shape[-1]]
+            w = weights[-1][step][:, : prev.shape[-1]].contiguous()
             out = nn.functional.linear(prev, w, biases[-1][step])
-            params.append(out.view(*like.shape[:-1], -1, self.n_params))
+            params.append(out.view(*like.shape[:-1], len(solved), self.n_params))
             known.append(solve(solved, params[-1]))
-        return torch.cat(params, -2)[..., unpermute, :]
+        return torch.cat(params, -2).index_select(-2, unpermute)
 
-    def _plan(self) -> _AutoregressivePlan:
-        # Derived from the masks (so not stored in files), once per network.
-        plan = getattr(self, "_plan_cache", None)
-        if plan is None:
-            linears = cast(list[MaskedLinear], list(self.net)[0::2])
+    def _plan(self, linears: list[MaskedLinear]) -> _AutoregressivePlan:
+        # Derived from the masks, and rebuilt if they change (a loaded
+        # state_dict copies into them, which bumps their version counters).
+        versions = tuple(linear.mask._version for linear in linears)
+        cached = self.__dict__.get("_plan_cache")
+        if cached is None or cached[0] != versions:
             masks = [linear.mask.detach().cpu().bool() for linear in linears]
-            plan = _AutoregressivePlan.from_masks(masks, self.n_params)
-            self._plan_cache = plan
-        return plan
+            cached = self.__dict__["_plan_cache"] = (
+                versions,
+                _AutoregressivePlan.from_masks(masks, self.n_params),
+            )
+        return cached[1]
+
+    def __getstate__(self) -> dict:
+        # Copies and pickles rebuild the plan where they are used: it may hold
+        # index tensors on a GPU that the unpickling machine lacks.
+        state = self.__dict__.copy()
+        state.pop("_plan_cache", None)
+        return state
 
 
 class _Columns:
@@ -195,6 +212,12 @@ class _Columns:
         self._width = stop
 
 
+class _OnDevice(NamedTuple):
+    perms: list[Tensor]
+    solved: list[Tensor]
+    unpermute: Tensor  # the inverse of perms[0]
+
+
 @dataclass
 class _AutoregressivePlan:
     """When each unit of a MADE can first be computed, solving features in
@@ -202,35 +225,24 @@ class _AutoregressivePlan:
     them, ``perms[l]`` the units of layer ``l`` (output rows last) by the step
     in which all their inputs are known; ``sizes[l - 1][t]`` is how many units
     of layer ``l`` step ``t`` computes (a last entry counts those no step
-    needs), and ``solved[t]`` the features it solves."""
+    needs), and ``solved[t]`` the features it solves. There are at most D
+    steps: fewer when several features become solvable at once (hidden
+    layers narrower than D leave some degrees without units)."""
 
     perms: list[Tensor]
     sizes: list[list[int]]
     solved: list[Tensor]
-    masks: list[Tensor]
-    # Index tensors and masks moved to each device once, not per call.
-    _on_device: dict[tuple[torch.device, torch.dtype], tuple] = field(default_factory=dict)
+    # The index tensors moved to each device once, not per call.
+    _on_device: dict[torch.device, _OnDevice] = field(default_factory=dict)
 
-    def indices(
-        self, device: torch.device, dtype: torch.dtype
-    ) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor], list[Tensor], Tensor]:
-        """On ``device``: per layer, the flat indices of its weight entries in
-        the plan's order, with the mask in that order (in ``dtype``); per
-        layer, its units in that order; ``solved``; and the inverse of
-        ``perms[0]``."""
-        key = (device, dtype)
-        if key not in self._on_device:
-            entries = []
-            for mask, rows, cols in zip(self.masks, self.perms[1:], self.perms[:-1], strict=True):
-                index = rows[:, None] * mask.shape[1] + cols[None, :]
-                entries.append((index.to(device), mask[rows][:, cols].to(device, dtype)))
-            self._on_device[key] = (
-                entries,
-                [p.to(device) for p in self.perms[1:]],
+    def indices(self, device: torch.device) -> _OnDevice:
+        if device not in self._on_device:
+            self._on_device[device] = _OnDevice(
+                [p.to(device) for p in self.perms],
                 [f.to(device) for f in self.solved],
                 self.perms[0].argsort().to(device),
             )
-        return self._on_device[key]
+        return self._on_device[device]
 
     @classmethod
     def from_masks(cls, masks: list[Tensor], n_params: int) -> _AutoregressivePlan:
@@ -256,7 +268,7 @@ class _AutoregressivePlan:
         perms = [k.argsort(stable=True) for k in known]
         counts = [torch.bincount(k, minlength=never + 1) for k in known[1:]]
         sizes = [c[: len(solved)].tolist() + [int(c[len(solved) :].sum())] for c in counts]
-        return cls(perms, sizes, solved, masks)
+        return cls(perms, sizes, solved)
 
 
 class ConvNet(nn.Module):
