@@ -1692,11 +1692,19 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         return np.asarray([f"z{i}" for i in range(self.n_features_in_)], dtype=object)
 
     def _snap_to_lattice(self, samples: np.ndarray) -> np.ndarray:
-        """Round dequantized features back onto their values."""
+        """Round dequantized features back onto their values, in place and
+        one feature at a time (whole-array temporaries tripled the peak
+        memory of a large draw)."""
         low, high = self.lattice_range_
-        snapped = snap_to_cells(samples, self.dequantization_cells_, low)
-        # Clipped to the training range only where a feature was snapped.
-        return np.where(snapped != samples, np.clip(snapped, low, high), samples)
+        for j, cell in enumerate(self.dequantization_cells_):
+            if not isinstance(cell, tuple) and cell == 0:
+                continue  # continuous: nothing to snap
+            y = samples[:, j]
+            snapped = snap_to_cells(y[:, None], [cell], low[j : j + 1])[:, 0]
+            # Clipped to the training range only where a value was snapped.
+            moved = snapped != y
+            y[moved] = np.clip(snapped[moved], low[j], high[j])
+        return samples
 
     def sample(self, n_samples=1, random_state=None, as_frame=False):
         """Draw samples from the fitted density.
@@ -1760,7 +1768,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                     "allocate: draw fewer rows per call (several calls with different "
                     "random_state values)."
                 ) from None
-            samples = self._snap_to_lattice(x.cpu().double().numpy() + self.center_)
+            samples = x.cpu().double().numpy()
+            samples += self.center_  # in place: one n x D copy fewer at peak
+            samples = self._snap_to_lattice(samples)
             broken = int((~np.isfinite(samples).all(axis=1)).sum())
             if broken:
                 warnings.warn(

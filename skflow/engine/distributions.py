@@ -144,8 +144,13 @@ class Flow(nn.Module):
         if z.shape[0] <= chunk:
             return self.transform.inverse(z)[0]
         # The latent draws are made at once (the same numbers for any n), the
-        # inverse pass in chunks so its activations stay bounded.
-        return torch.cat([self.transform.inverse(part)[0] for part in z.split(chunk)], dim=0)
+        # inverse pass in chunks so its activations stay bounded; each chunk
+        # goes straight into the output (a list then a concatenation would
+        # hold it twice).
+        out = torch.empty_like(z)
+        for start in range(0, z.shape[0], chunk):
+            out[start : start + chunk] = self.transform.inverse(z[start : start + chunk])[0]
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         return self.log_prob(x)
