@@ -342,6 +342,7 @@ def test_stepwise_plan_is_not_copied_and_follows_new_masks(monkeypatch):
         for p in [*layer.parameters(), *other.parameters()]:
             p.normal_(std=0.3)
         z = torch.randn(8, 5, dtype=torch.float64)
+        first = copy.deepcopy(layer.state_dict())
         layer.inverse(z)
         assert "_plan_cache" in layer.made.__dict__
         assert "_plan_cache" not in copy.deepcopy(layer.made).__dict__
@@ -349,6 +350,14 @@ def test_stepwise_plan_is_not_copied_and_follows_new_masks(monkeypatch):
         layer.load_state_dict(other.state_dict())
         torch.testing.assert_close(layer.inverse(z), other.inverse(z), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(layer(layer.inverse(z)[0])[0], z, rtol=1e-9, atol=1e-9)
+        # Masks replaced rather than written into, back to the natural order.
+        layer.load_state_dict(first, assign=True)
+        torch.testing.assert_close(layer(layer.inverse(z)[0])[0], z, rtol=1e-9, atol=1e-9)
+    with torch.inference_mode():
+        # Tensors made in inference mode have no version counter.
+        fresh = MaskedAutoregressive(5, AffineTransformer(), HIDDEN).double()
+        fresh.load_state_dict(first)
+        torch.testing.assert_close(fresh(fresh.inverse(z)[0])[0], z, rtol=1e-9, atol=1e-9)
 
 
 def test_build_transform_names_the_options_of_a_kind():

@@ -170,22 +170,28 @@ class MADE(nn.Module):
         return torch.cat(params, -2).index_select(-2, unpermute)
 
     def _plan(self, linears: list[MaskedLinear]) -> _AutoregressivePlan:
-        # Derived from the masks, and rebuilt if they change (a loaded
-        # state_dict copies into them, which bumps their version counters).
-        versions = tuple(linear.mask._version for linear in linears)
+        # Derived from the masks, and rebuilt if they change: replaced
+        # (load_state_dict(assign=True), .to()) or written into (a loaded
+        # state_dict bumps their version counters; tensors made in inference
+        # mode have none, and nothing writes into those).
+        masks = [linear.mask for linear in linears]
+        versions = [None if m.is_inference() else m._version for m in masks]
         cached = self.__dict__.get("_plan_cache")
-        if cached is None or cached[0] != versions:
-            masks = [linear.mask.detach().cpu().bool() for linear in linears]
-            cached = self.__dict__["_plan_cache"] = (
-                versions,
-                _AutoregressivePlan.from_masks(masks, self.n_params),
+        if (
+            cached is None
+            or any(a is not b for a, b in zip(cached[0], masks, strict=True))
+            or cached[1] != versions
+        ):
+            plan = _AutoregressivePlan.from_masks(
+                [m.detach().cpu().bool() for m in masks], self.n_params
             )
-        return cached[1]
+            cached = self.__dict__["_plan_cache"] = (masks, versions, plan)
+        return cached[2]
 
     def __getstate__(self) -> dict:
         # Copies and pickles rebuild the plan where they are used: it may hold
         # index tensors on a GPU that the unpickling machine lacks.
-        state = self.__dict__.copy()
+        state = dict(super().__getstate__())
         state.pop("_plan_cache", None)
         return state
 
