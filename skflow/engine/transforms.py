@@ -325,13 +325,13 @@ class AffineTransformer:
 
 
 # The stepwise solve of an autoregressive inverse saves arithmetic but runs D
-# rounds of small operations. One CPU thread, affine MADE layers: it is faster
-# once a whole network pass over the batch is this many multiply-adds (rows
-# times weights; 10 features and (64, 64) hidden units: 0.56 vs 0.72 ms at 100
-# rows, 1.3 vs 2.0 ms at 1,000; 20 features and (128, 128): 1.4 vs 1.7 ms at
-# 100 rows, 2.9 vs 10 ms at 1,000), and under autograd (IAF training) from
-# this many features (batch 256: 10 features 2.8 ms either way, 20 features
-# with (128, 128) 5.9 vs 10.4 ms).
+# rounds of small operations. One CPU thread, affine MADE layers, stepwise vs
+# D whole passes per layer: it is faster once a whole pass over the batch is
+# this many multiply-adds (rows times weights; 10 features and (64, 64) hidden
+# units: 0.72 vs 0.56 ms at 100 rows, 1.3 vs 2.0 ms at 1,000; 20 features and
+# (128, 128): 1.4 vs 1.7 ms at 100 rows, 2.9 vs 10 ms at 1,000), and under
+# autograd (IAF training) from this many features (batch 256: 10 features
+# 2.8 ms either way, 20 features with (128, 128) 5.9 vs 10.4 ms).
 _STEPWISE_MIN_WORK = 2**21
 _STEPWISE_MIN_FEATURES_WITH_GRAD = 16
 
