@@ -33,6 +33,7 @@ from skflow.engine.transforms import (
     PiecewiseLinear,
     SigmoidAffineTransformer,
     Split,
+    _search,
 )
 
 D = 4
@@ -237,6 +238,38 @@ def test_log_tails_is_piecewise_linear_with_two_knots():
         expected, got = getattr(general, direction)(x), getattr(fast, direction)(x)
         torch.testing.assert_close(got[0], expected[0])
         torch.testing.assert_close(got[1], expected[1])
+
+
+@pytest.mark.parametrize("n_knots", [2, 3, 5, 17, 128, 129])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_knot_search_is_searchsorted(n_knots, dtype):
+    # The CPU binary search must give searchsorted's index for every value:
+    # between knots, on them (ties count as not below), beyond both ends.
+    torch.manual_seed(0)
+    knots = torch.sort(torch.randn(3, n_knots, dtype=dtype), dim=1).values
+    values = torch.cat(
+        [
+            torch.randn(3, 2000, dtype=dtype) * 2,
+            knots,
+            torch.nextafter(knots, torch.tensor(math.inf, dtype=dtype)),
+            torch.nextafter(knots, torch.tensor(-math.inf, dtype=dtype)),
+            torch.tensor([[math.inf, -math.inf]], dtype=dtype).expand(3, 2),
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(
+        _search(knots, values), torch.searchsorted(knots, values), rtol=0, atol=0
+    )
+
+
+def test_piecewise_linear_passes_nan_through():
+    # searchsorted sends NaN past the last knot, the binary search before the
+    # first: either way the map must report NaN, not a finite value.
+    knots = torch.linspace(-2.0, 2.0, 9).expand(2, 9)
+    layer = PiecewiseLinear(knots, knots)
+    for direction in (layer.forward, layer.inverse):
+        out, ladj = direction(torch.tensor([[math.nan, 0.5]]))
+        assert torch.isnan(out[0, 0]) and out[0, 1] == 0.5 and torch.isnan(ladj).all()
 
 
 def test_log_tails_keep_huge_inputs_far_out_in_float32():
