@@ -96,6 +96,18 @@ def read_table(path: str, header: bool | None):
     try:
         # UTF-8 whatever the locale (a BOM, as spreadsheets write, is skipped).
         df = pd.read_csv(source, header=0 if header else None, encoding="utf-8-sig")
+        if header:
+            # pandas renames a repeated name ("a", "a.1"): the model's feature
+            # names and sample's header would no longer be the file's.
+            if isinstance(source, io.BytesIO):
+                source.seek(0)
+            names = pd.read_csv(source, header=None, nrows=1, encoding="utf-8-sig").iloc[0]
+            repeated = names[names.duplicated()]
+            if len(repeated):
+                raise CLIError(
+                    f"{path}: column name {str(repeated.iloc[0])!r} appears more than once "
+                    "in the header; give every column its own name."
+                )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise CLIError(f"{path} is not a readable CSV file: {_one_line(exc)}") from None
     if df.shape[0] == 0:
@@ -139,8 +151,10 @@ def read_table(path: str, header: bool | None):
                 f"{path}: {name} has an infinite value ({values.iloc[row]}) in data row "
                 f"{row + 1}; drop those rows or clip the values first."
             )
-        # Signed integers stay integers (uint64 would wrap in int64).
-        df[column] = numeric.astype(np.int64 if numeric.dtype.kind == "i" else float)
+        # Signed integers stay integers, and named boolean columns booleans,
+        # so sample writes them back as such (uint64 would wrap in int64).
+        if not (header and numeric.dtype.kind == "b"):
+            df[column] = numeric.astype(np.int64 if numeric.dtype.kind == "i" else float)
     if header:
         df.columns = [str(c) for c in df.columns]
         return df
@@ -206,6 +220,22 @@ def _batch_size(text: str) -> str | int:
     return text if text == "auto" else int(text)
 
 
+# --max-time none: the value that _fit turns into max_time=None (a None
+# option means "not given", which keeps the default budget).
+_NO_BUDGET = "none"
+
+
+def _max_time(text: str) -> str | float:
+    if text.lower() == _NO_BUDGET:
+        return _NO_BUDGET
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds or 'none' (no budget), got {text!r}"
+        ) from None
+
+
 # Command-line option -> FlowDensity parameter (same name with "_"), with its type.
 _FIT_OPTIONS: dict[str, tuple[Callable[[str], object], str]] = {
     "n-layers": (int, "number of flow layers"),
@@ -218,7 +248,7 @@ _FIT_OPTIONS: dict[str, tuple[Callable[[str], object], str]] = {
     "validation-fraction": (float, "share of the rows held out for early stopping"),
     "n-iter-no-change": (int, "early-stopping patience in epochs"),
     "tol": (float, "smallest validation improvement (nats per row) that resets the patience"),
-    "max-time": (float, "training time budget in seconds"),
+    "max-time": (_max_time, "training time budget in seconds, or 'none' for no budget"),
     "device": (str, "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'"),
     "dtype": (str, "'float32' or 'float64'"),
     "kind-options": (_json_dict, "extra options of the kind as JSON, e.g. '{\"n_bins\": 8}'"),
@@ -283,6 +313,8 @@ def _fit(args: argparse.Namespace) -> None:
         for opt in _FIT_OPTIONS
         if getattr(args, opt.replace("-", "_")) is not None
     }
+    if params.get("max_time") == _NO_BUDGET:
+        params["max_time"] = None
     params.update(
         {param: False for param, _ in _FIT_SWITCHES.values() if getattr(args, param) is False}
     )
@@ -343,6 +375,16 @@ def _score(args: argparse.Namespace) -> None:
     if args.weight_column is not None:
         X = _split_weights(X, args.weight_column, args.data)[0]
     names = getattr(est, "feature_names_in_", None)
+    if names is not None and hasattr(X, "columns"):
+        extra = [c for c in X.columns if c not in set(names)]
+        if extra and set(names) <= set(X.columns):
+            # (scikit-learn's message would not say what to do about them.)
+            raise CLIError(
+                f"{args.data} has column(s) {', '.join(map(repr, extra))} that the model was "
+                "not fitted on: drop them from the file, or, if one holds the row weights "
+                f"the model was fitted with, pass --weight-column "
+                f"{extra[0] if len(extra) == 1 else 'NAME'}."
+            )
     if names is not None and not hasattr(X, "columns") and X.shape[1] == len(names):
         warnings.warn(
             f"{args.data} has no header: its columns are taken as the training file's "

@@ -1656,7 +1656,15 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 f"(what transform returns), but X has columns {list(columns.index)}: pass a "
                 "plain array to map columns by position."
             )
-        Z = check_array(X, dtype=np.float64)
+        try:
+            Z = check_array(X, dtype=np.float64)
+        except ValueError as exc:
+            if "could not convert" not in str(exc):
+                raise
+            raise ValueError(
+                f"inverse_transform maps latent coordinates (the numbers transform returns), "
+                f"but X holds text: {exc}."
+            ) from None
         if Z.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {Z.shape[1]} columns, but the latent space of this FlowDensity has "
@@ -1744,6 +1752,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 0:
             raise ValueError(f"n_samples must be a non-negative int, got {n_samples!r}.")
+        if not isinstance(as_frame, bool | np.bool_):
+            raise TypeError(f"as_frame must be True or False, got {as_frame!r}.")
         seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
         gen = torch.Generator().manual_seed(seed)
         if n_samples == 0:  # some layers (ODE solves, channel views) reject empty batches

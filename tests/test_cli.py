@@ -157,6 +157,8 @@ def test_header_is_detected(files, capsys, tmp_path):
         ("a,b\n1,2\n3,\n", ["fit", "{csv}"], "column 'b' has a missing value in data row 2"),
         ("", ["fit", "{csv}"], "is empty"),
         ("a,b\n", ["fit", "{csv}"], "has no data rows"),
+        # pandas would rename the second "a" to "a.1" behind the user's back.
+        ("a,a,b\n1,2,3\n4,5,6\n", ["fit", "{csv}"], "column name 'a' appears more than once"),
         ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--n-layers", "0"], "'n_layers' parameter"),
         ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--kind-options", '{"zz": 1}'], "kind_options"),
         ("a,b\n1,2\n", ["score", "{csv}", "{csv}"], "is not a skflow model file"),
@@ -193,6 +195,7 @@ def test_score_rejects_other_columns(files, tmp_path, capsys):
         ["fit", "x.csv", "--kind", "nope"],
         ["fit", "x.csv", "--hidden-units", "a"],
         ["fit", "x.csv", "--hidden-units", "16,,16"],
+        ["fit", "x.csv", "--max-time", "soon"],
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(argv, capsys):
@@ -201,6 +204,8 @@ def test_usage_errors_are_one_line_with_status_2(argv, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err and "--help" in err
+    if "--max-time" in argv:
+        assert "expected seconds or 'none' (no budget), got 'soon'" in err
 
 
 def test_traceback_flag_shows_where_an_error_came_from(files, tmp_path):
@@ -296,6 +301,10 @@ def test_fit_weight_column(files, tmp_path, capsys):
     train.assign(w=-weights).to_csv(tmp_path / "negative.csv", index=False)
     assert main(["fit", str(tmp_path / "negative.csv"), "--out", str(named), *common, "w"]) == 2
     assert "Negative values in data passed to `sample_weight`" in capsys.readouterr().err
+    # Scoring the training file without --weight-column says which option to pass.
+    assert main(["score", str(named), str(tmp_path / "weighted.csv"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "column(s) 'w'" in err and "--weight-column w." in err
 
 
 def test_fit_resume_continues_a_model(files, tmp_path, capsys):
@@ -443,3 +452,27 @@ def test_utf8_names_with_a_bom_and_unsigned_integers(tmp_path, capsys):
     from skflow._cli import read_table
 
     assert read_table(str(tmp_path / "u.csv"), None)["a"].min() > 0  # no int64 wrap
+
+
+def test_max_time_none_removes_the_budget(files, tmp_path, capsys):
+    model = tmp_path / "unbounded.skflow"
+    train = str(files / "train.csv")
+    assert main(["fit", train, "--out", str(model), "--max-time", "None", *FAST]) == 0
+    assert FlowDensity.load(model).max_time is None
+    assert main(["fit", train, "--out", str(model), "--max-time", "30", *FAST]) == 0
+    assert FlowDensity.load(model).max_time == 30
+
+
+def test_boolean_columns_are_sampled_as_booleans(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"x": rng.normal(size=200), "flag": rng.random(200) < 0.3})
+    data.to_csv(tmp_path / "d.csv", index=False)
+    model, out = tmp_path / "m.skflow", tmp_path / "s.csv"
+    assert main(["fit", str(tmp_path / "d.csv"), "--out", str(model), *FAST]) == 0
+    assert main(["sample", str(model), "-n", "40", "--random-state", "0", "--out", str(out)]) == 0
+    flags = pd.read_csv(out)["flag"]
+    assert flags.dtype == bool and flags.any() and not flags.all()
+    # The booleans score as the 0/1 values they were fitted as.
+    assert main(["score", str(model), str(tmp_path / "d.csv"), "--out", str(out)]) == 0
+    direct = FlowDensity.load(model).score_samples(data.astype(float))
+    np.testing.assert_allclose(pd.read_csv(out)["log_density"], direct, rtol=1e-6)

@@ -132,6 +132,8 @@ def test_sample_as_frame_restores_the_column_dtypes(tmp_path):
     est.fit(df.to_numpy(dtype=float))
     assert not hasattr(est, "feature_dtypes_")
     assert (est.sample(3, as_frame=True).dtypes == np.float64).all()
+    with pytest.raises(TypeError, match="as_frame must be True or False"):
+        est.sample(3, as_frame="yes")
 
 
 def test_sample_as_frame_integer_columns_never_wrap(monkeypatch):

@@ -88,6 +88,8 @@ def test_transform_errors():
         est.transform(np.r_[X[:2], np.full((1, 13), 1e300)])
     with pytest.raises(ValueError, match="NaN"):
         est.inverse_transform(np.full((2, 13), np.nan))
+    with pytest.raises(ValueError, match="latent coordinates .* but X holds text"):
+        est.inverse_transform(np.full((2, 13), "x"))
     # Beyond float32 (1e39), and where the heavy-tailed latent's inverse
     # saturates (about 10 standard deviations out here): refused, not
     # mapped to rows that do not map back.

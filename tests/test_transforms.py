@@ -272,6 +272,21 @@ def test_piecewise_linear_passes_nan_through():
         assert torch.isnan(out[0, 0]) and out[0, 1] == 0.5 and torch.isnan(ladj).all()
 
 
+def test_flow_refuses_rows_of_another_width_or_dtype():
+    flow = Flow(build_transform("maf", 3, n_layers=2, hidden_units=(8,)), StandardNormal(3))
+    flow.log_prob(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="rows of 4 torch.float32 features; this flow models 3"):
+        flow.log_prob(torch.randn(5, 4))
+    with pytest.raises(
+        ValueError, match="torch.float64 features; this flow models 3 torch.float32"
+    ):
+        flow.log_prob(torch.randn(5, 3, dtype=torch.float64))
+    # A base wider than its transform: caught, not silently summed over.
+    narrow = Flow(build_transform("maf", 3, n_layers=2, hidden_units=(8,)), StandardNormal(4))
+    with pytest.raises(ValueError, match="this flow models 4"):
+        narrow.log_prob(torch.randn(5, 3))
+
+
 def test_log_tails_keep_huge_inputs_far_out_in_float32():
     x = torch.tensor([[1e30, -1e30, 3e6, 2.0]])
     z, ladj = LogTails(5.0)(x)

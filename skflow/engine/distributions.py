@@ -98,6 +98,14 @@ class Flow(nn.Module):
         dtype and device): a tensor of shape ``(n,)``, differentiable with
         respect to the parameters and to ``x``. Rows that a layer cannot map
         (a continuous flow's rows beyond its solver's range) get ``-inf``."""
+        if x.shape[-1] != self.base.n_features or x.dtype != self.dequantization.dtype:
+            # (Else a mismatch surfaces as a matrix-shape error deep in a layer,
+            # or, for a transform narrower than its base, not at all.)
+            raise ValueError(
+                f"Flow.log_prob got rows of {x.shape[-1]} {x.dtype} features; this flow "
+                f"models {self.base.n_features} {self.dequantization.dtype} ones (convert "
+                "with x.to(dtype), or the flow with .to(dtype))."
+            )
         z, ladj = self.transform(x)
         # A row a layer cannot map (a continuous flow's row beyond its
         # solver) comes back with latent NaN and log-det -inf: log-density
