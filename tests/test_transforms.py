@@ -16,6 +16,7 @@ import torch
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform
 from skflow.engine.flows.glow import build_glow
 from skflow.engine.flows.planar import Planar
+from skflow.engine.nn import MADE, MLP
 from skflow.engine.splines import RationalQuadraticSplineTransformer
 from skflow.engine.transforms import (
     ActNorm,
@@ -285,6 +286,32 @@ def test_flow_refuses_rows_of_another_width_or_dtype():
     narrow = Flow(build_transform("maf", 3, n_layers=2, hidden_units=(8,)), StandardNormal(4))
     with pytest.raises(ValueError, match="this flow models 4"):
         narrow.log_prob(torch.randn(5, 3))
+
+
+@pytest.mark.parametrize("activation", [torch.nn.ReLU, torch.nn.SiLU, torch.nn.ELU, torch.nn.Tanh])
+@pytest.mark.parametrize("network", ["mlp", "made"])
+def test_in_place_activations_give_out_of_place_values_and_gradients(network, activation):
+    # Conditioners build activations in place where the class allows it;
+    # autograd must see the same function as the out-of-place version.
+    torch.manual_seed(0)
+    make = MLP if network == "mlp" else MADE
+    net = make(4, 3, (8, 8), activation=activation).double()
+    for p in net.parameters():
+        torch.nn.init.normal_(p)
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+
+    def value_and_grads():
+        out = net(x)
+        return [out, *torch.autograd.grad((out * out).sum(), [x, *net.parameters()])]
+
+    got = value_and_grads()
+    in_place = [m for m in net.modules() if getattr(m, "inplace", False)]
+    assert bool(in_place) == (activation is not torch.nn.Tanh)
+    for m in in_place:
+        m.inplace = False
+    # (ELU's in-place backward works from its output: equal up to rounding.)
+    for a, b in zip(got, value_and_grads(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_log_tails_keep_huge_inputs_far_out_in_float32():
