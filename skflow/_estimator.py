@@ -1147,11 +1147,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 ),
             )
         previous = self.n_iter_ if warm else 0
-        # Without validation the last epoch's weights are kept (unless
-        # training diverged: then the best training loss's).
+        # (Without validation train_flow keeps the last epoch's weights,
+        # unless training diverged: then the best training loss's.)
         kept = result.best_epoch
-        if not self.early_stopping and result.stop_reason != "diverged":
-            kept = result.n_iter
         if kept:
             kept += previous
         elif warm:

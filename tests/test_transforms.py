@@ -275,18 +275,20 @@ def test_piecewise_linear_passes_nan_through():
         assert torch.isnan(out[0, 0]) and out[0, 1] == 0.5 and torch.isnan(ladj).all()
 
 
-def test_flow_refuses_rows_of_another_width_or_dtype():
+def test_flow_refuses_rows_of_another_shape_or_dtype():
     flow = Flow(build_transform("maf", 3, n_layers=2, hidden_units=(8,)), StandardNormal(3))
     flow.log_prob(torch.randn(5, 3))
-    with pytest.raises(ValueError, match="rows of 4 torch.float32 features; this flow models 3"):
+    expected = r"rows of shape \(n, 3\) in torch.float32; got shape "
+    with pytest.raises(ValueError, match=expected + r"\(5, 4\) in torch.float32"):
         flow.log_prob(torch.randn(5, 4))
-    with pytest.raises(
-        ValueError, match="torch.float64 features; this flow models 3 torch.float32"
-    ):
+    with pytest.raises(ValueError, match=expected + r"\(5, 3\) in torch.float64"):
         flow.log_prob(torch.randn(5, 3, dtype=torch.float64))
+    # One row without its batch axis would be read as three rows of one value.
+    with pytest.raises(ValueError, match=expected + r"\(3,\) .*one row: x\[None\]"):
+        flow.log_prob(torch.randn(3))
     # A base wider than its transform: caught, not silently summed over.
     narrow = Flow(build_transform("maf", 3, n_layers=2, hidden_units=(8,)), StandardNormal(4))
-    with pytest.raises(ValueError, match="this flow models 4"):
+    with pytest.raises(ValueError, match=r"rows of shape \(n, 4\)"):
         narrow.log_prob(torch.randn(5, 3))
 
 

@@ -93,19 +93,28 @@ class Flow(nn.Module):
         jittering around a better average)."""
         return getattr(self.own_objective, "ema_decay", None)
 
+    def check_rows(self, x: Tensor, what: str) -> None:
+        """Raise ``ValueError`` unless ``x`` holds rows ``(n, D)`` in the
+        flow's dtype (``what`` names the caller in the message)."""
+        if (
+            x.dim() != 2
+            or x.shape[-1] != self.base.n_features
+            or x.dtype != self.dequantization.dtype
+        ):
+            # (Else a mismatch surfaces as a shape error deep in a layer, or
+            # not at all: a single row of shape (D,) would be read as D rows.)
+            raise ValueError(
+                f"{what} takes rows of shape (n, {self.base.n_features}) in "
+                f"{self.dequantization.dtype}; got shape {tuple(x.shape)} in {x.dtype} (one "
+                "row: x[None]; convert with x.to(dtype), or the flow with .to(dtype))."
+            )
+
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density of each row of ``x`` (shape ``(n, D)``, the flow's
         dtype and device): a tensor of shape ``(n,)``, differentiable with
         respect to the parameters and to ``x``. Rows that a layer cannot map
         (a continuous flow's rows beyond its solver's range) get ``-inf``."""
-        if x.shape[-1] != self.base.n_features or x.dtype != self.dequantization.dtype:
-            # (Else a mismatch surfaces as a matrix-shape error deep in a layer,
-            # or, for a transform narrower than its base, not at all.)
-            raise ValueError(
-                f"Flow.log_prob got rows of {x.shape[-1]} {x.dtype} features; this flow "
-                f"models {self.base.n_features} {self.dequantization.dtype} ones (convert "
-                "with x.to(dtype), or the flow with .to(dtype))."
-            )
+        self.check_rows(x, "Flow.log_prob")
         z, ladj = self.transform(x)
         # A row a layer cannot map (a continuous flow's row beyond its
         # solver) comes back with latent NaN and log-det -inf: log-density

@@ -19,6 +19,15 @@ def _zero_last(linear: nn.Linear | nn.Conv2d) -> None:
     nn.init.zeros_(cast(Tensor, linear.bias))
 
 
+def check_permutation(order: Tensor, n: int, what: str) -> None:
+    """Raise ``ValueError`` unless ``order`` is a permutation of ``0 .. n-1``
+    (a repeated index would make a layer silently lose a coordinate)."""
+    if order.dim() != 1 or not bool(torch.equal(torch.sort(order).values.cpu(), torch.arange(n))):
+        raise ValueError(
+            f"{what} must be a permutation of 0..{n - 1} (each index once), got {order.tolist()}."
+        )
+
+
 def _activation(cls: type[nn.Module]) -> nn.Module:
     # In place where the activation allows it: here it always overwrites a
     # fresh layer output that nothing else reads (autograd keeps the layer's
@@ -105,6 +114,8 @@ class MADE(nn.Module):
         super().__init__()
         self.n_features = n_features
         self.n_params = n_params
+        if order is not None:
+            check_permutation(order, n_features, "MADE order")
         # Degree of feature order[k] is k + 1.
         in_deg = torch.empty(n_features, dtype=torch.long)
         in_deg[order if order is not None else torch.arange(n_features)] = torch.arange(

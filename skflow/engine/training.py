@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from skflow.engine.device import EVAL_CHUNK, eval_chunk
 from skflow.engine.distributions import Flow, OwnObjective
@@ -37,8 +37,10 @@ class TrainingResult:
     :meth:`Flow.training_loss`); ``validation_scores`` minus the validation
     loss after each epoch (empty without validation data). ``best_epoch`` is
     the epoch whose weights were kept (0: the starting weights, which no
-    epoch beat on validation data) and ``best_score`` its monitored score
-    (validation score, or minus the training loss without validation data).
+    epoch beat on validation data; without validation data the last epoch,
+    or after a divergence the one of lowest training loss) and ``best_score``
+    its monitored score (validation score, or minus its mean training loss
+    without validation data).
     ``stop_reason`` is one of ``"converged"``, ``"max_iter"``, ``"max_time"``
     or ``"diverged"``.
     ``compile_error`` says why ``compile=True`` fell back to eager execution.
@@ -331,14 +333,16 @@ def _split_loss(
 def _compile_soft(
     loss: Callable[[Tensor, Tensor], Tensor],
     inputs: tuple[Tensor, Tensor],
-    params: Sequence[Tensor],
+    flow: nn.Module,
     result: TrainingResult,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """``torch.compile`` of the training loss, or the loss itself (with the
     reason in ``result.compile_error``) when compiling fails on this machine
     (no C++ compiler, an unsupported platform or operation). Compilation
     happens at the first forward and backward pass, so both are tried here
-    on one minibatch."""
+    on one minibatch, which must leave no trace: its gradients are dropped
+    and the buffers it moved (batch norm's running averages) restored."""
+    buffers = [b.detach().clone() for b in flow.buffers()]
     try:
         with warnings.catch_warnings():
             # torch's compiler stack warns about its own deprecated internals.
@@ -349,8 +353,11 @@ def _compile_soft(
         first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         result.compile_error = f"torch.compile failed ({type(exc).__name__}: {first_line})"
         compiled = loss
-    for p in params:
+    for p in flow.parameters():
         p.grad = None
+    with torch.no_grad():
+        for b, saved in zip(flow.buffers(), buffers, strict=True):
+            b.copy_(saved)
     return compiled
 
 
@@ -514,6 +521,21 @@ def train_flow(
         Epochs run, loss and validation curves, best epoch and score, why
         training stopped.
     """
+    for name, rows in (("X_train", X_train), ("X_val", X_val)):
+        if rows is None:
+            continue
+        flow.check_rows(rows, f"train_flow's {name}")
+        if rows.shape[0] == 0:
+            raise ValueError(f"train_flow's {name} has no rows.")
+        if not bool(torch.isfinite(rows).all()):
+            # (Training would only say "diverged".)
+            raise ValueError(
+                f"train_flow's {name} holds NaN or infinite values: drop or impute those rows."
+            )
+    if batch_size < 1 or max_iter < 0:
+        raise ValueError(
+            f"train_flow needs batch_size >= 1 and max_iter >= 0, got {batch_size} and {max_iter}."
+        )
     with drawing_from(noise_generator):
         result = TrainingResult()
         params = [p for p in flow.parameters() if p.requires_grad]
@@ -555,7 +577,7 @@ def train_flow(
         elif compile:
             flow.train()
             first = batch_inputs(torch.arange(batch_size, device=X_train.device))
-            batch_loss = _compile_soft(batch_loss, first, params, result)
+            batch_loss = _compile_soft(batch_loss, first, flow, result)
         try:
             best_score = (
                 validation_score(flow, X_val, weights=w_val) if X_val is not None else -math.inf
@@ -633,6 +655,10 @@ def train_flow(
                 result.stop_reason = "converged"
                 break
         result.best_score = best_score
+        if X_val is None and result.stop_reason != "diverged" and result.loss_curve:
+            # Without validation data the last epoch's weights are kept.
+            result.best_epoch = result.n_iter
+            result.best_score = -result.loss_curve[-1]
         if X_val is not None and result.stop_reason != "diverged":
             flow.load_state_dict(best_state)
         elif ema is not None and result.stop_reason != "diverged":

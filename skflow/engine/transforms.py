@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from skflow.engine.nn import MADE, MLP
+from skflow.engine.nn import MADE, MLP, check_permutation
 
 # False within without_log_det() (per thread and task).
 _LOG_DET: ContextVar[bool] = ContextVar("skflow_log_det", default=True)
@@ -113,6 +113,7 @@ class Affine(Transform):
     ``loc`` and ``L`` are buffers, not parameters: they are set from the data
     once and are part of the density (log|det| = -sum log diag L), so scores
     stay in the user's units. ``scale`` may be a vector (the diagonal of L).
+    The buffers take ``loc``'s floating dtype.
     """
 
     loc: Tensor
@@ -123,10 +124,11 @@ class Affine(Transform):
     def __init__(self, loc: Tensor, scale: Tensor) -> None:
         super().__init__()
         d = loc.shape[-1]
-        self.register_buffer("loc", torch.zeros(d))
-        self.register_buffer("tril", torch.eye(d))
-        self.register_buffer("inv_tril", torch.eye(d))
-        self.register_buffer("log_det", torch.zeros(()))
+        dtype = loc.dtype if loc.is_floating_point() else torch.get_default_dtype()
+        self.register_buffer("loc", torch.zeros(d, dtype=dtype))
+        self.register_buffer("tril", torch.eye(d, dtype=dtype))
+        self.register_buffer("inv_tril", torch.eye(d, dtype=dtype))
+        self.register_buffer("log_det", torch.zeros((), dtype=dtype))
         self.reset(loc, scale)
 
     @torch.no_grad()
@@ -135,7 +137,12 @@ class Affine(Transform):
         # Solved in float64 on the CPU (MPS has no float64), then cast to the
         # buffers' dtype before the copy to their device.
         scale = scale.detach().cpu().double()
-        tril = torch.diag_embed(scale) if scale.dim() == 1 else torch.tril(scale)
+        if scale.dim() == 2 and bool(torch.triu(scale, diagonal=1).any()):
+            raise ValueError(
+                "Affine scale must be lower triangular (for whitening, the Cholesky factor "
+                "torch.linalg.cholesky(covariance), not the covariance itself)."
+            )
+        tril = torch.diag_embed(scale) if scale.dim() == 1 else scale
         diag = torch.diagonal(tril)
         if not bool((diag > 0).all()) or not bool(torch.isfinite(tril).all()):
             raise ValueError("Affine scale must be finite with a strictly positive diagonal.")
@@ -210,6 +217,8 @@ class PiecewiseLinear(Transform):
     @torch.no_grad()
     def reset(self, x_knots: Tensor, z_knots: Tensor) -> None:
         """Set the knots; both must be strictly increasing along the last axis."""
+        if x_knots.shape[-1] < 2:
+            raise ValueError("PiecewiseLinear needs at least 2 knots per feature.")
         for name, k in (("x_knots", x_knots), ("z_knots", z_knots)):
             if not bool((k.diff(dim=-1) > 0).all()) or not bool(torch.isfinite(k).all()):
                 raise ValueError(f"PiecewiseLinear {name} must be finite and strictly increasing.")
@@ -300,6 +309,7 @@ class Permutation(Transform):
 
     def __init__(self, perm: Tensor) -> None:
         super().__init__()
+        check_permutation(perm, len(perm), "Permutation perm")
         self.register_buffer("perm", perm.clone())
         self.register_buffer("inv_perm", torch.argsort(perm))
 
@@ -454,17 +464,26 @@ class Coupling(Transform):
         mask = mask.bool()
         self.register_buffer("idx_cond", torch.nonzero(mask).flatten())
         self.register_buffer("idx_trans", torch.nonzero(~mask).flatten())
-        # Evenly spaced coordinates (alternating or half masks) are read and
-        # written through strided views: 25% cheaper per layer than indexing
-        # with the index tensors, forward and backward.
-        self._cond_cols = _as_slice(self.idx_cond)
-        self._trans_cols = _as_slice(self.idx_trans)
+        self._derive_views()
         self.transformer = transformer
         self.n_trans = n_trans = len(self.idx_trans)
         self.n_params = transformer.n_params
         if net is None:
             net = MLP(len(self.idx_cond), n_trans * self.n_params, hidden_units)
         self.net = net
+
+    def _derive_views(self) -> None:
+        # Evenly spaced coordinates (alternating or half masks) are read and
+        # written through strided views: 25% cheaper per layer than indexing
+        # with the index tensors, forward and backward.
+        self._cond_cols = _as_slice(self.idx_cond)
+        self._trans_cols = _as_slice(self.idx_trans)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        # The loaded index buffers define the layer, not the views derived
+        # from the mask it was built with.
+        self._derive_views()
 
     def _couple(self, x: Tensor, forward: bool) -> tuple[Tensor, Tensor]:
         cond_cols = self.idx_cond if self._cond_cols is None else self._cond_cols
@@ -522,7 +541,8 @@ class SigmoidAffineTransformer:
 def _by_channel(x: Tensor, n_channels: int) -> Tensor:
     """View flat rows as ``(batch, channels, positions)``: a vector has one
     position per channel, a flattened ``(C, H, W)`` image ``H * W``."""
-    return x.reshape(x.shape[0], n_channels, -1)
+    # (Not -1 for the positions: an empty batch has no size to infer it from.)
+    return x.reshape(x.shape[0], n_channels, x.shape[-1] // n_channels)
 
 
 class ElementwiseAffine(Transform):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from numbers import Integral
 
 from skflow.engine.flows.cnf import ContinuousFlow, build_cnf
 from skflow.engine.flows.glow import build_glow
@@ -58,6 +59,11 @@ def kind_options(kind: str) -> list[str]:
 def build_transform(kind: str, n_features: int, **options: object) -> Transform:
     """Build the transform of flow family ``kind`` for ``n_features`` features."""
     builder, allowed = _builder(kind), kind_options(kind)
+    n_layers = options.get("n_layers", 1)
+    for name, value in (("n_features", n_features), ("n_layers", n_layers)):
+        # (Zero layers would silently build the identity.)
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"build_transform needs {name} >= 1, got {value!r}.")
     unknown = sorted(set(options) - {*SHAPE_OPTIONS, *allowed})
     if unknown:
         raise ValueError(

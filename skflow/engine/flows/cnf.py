@@ -365,6 +365,9 @@ class ContinuousFlow(Transform):
     def _solve(self, x: Tensor, to_data: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Integrate ``x`` through every block; returns the end point, the
         log-determinant of the map and the regularization integral per row."""
+        if x.shape[0] == 0:  # (the solver's error norm fails on an empty state)
+            self._nfe_last = 0
+            return x.clone(), x.new_zeros(0), x.new_zeros(0)
         if torch.is_inference_mode_enabled():
             # The divergence needs autograd, which inference mode forbids.
             with torch.inference_mode(False), torch.no_grad():

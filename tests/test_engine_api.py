@@ -1,0 +1,133 @@
+"""The engine as a researcher uses it directly: layers built, loaded and
+trained by hand must either behave or refuse clearly, never compute
+something else."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from skflow.engine import KINDS, Flow, StandardNormal, build_transform, train_flow
+from skflow.engine.transforms import (
+    Affine,
+    AffineTransformer,
+    Coupling,
+    MaskedAutoregressive,
+    Permutation,
+    PiecewiseLinear,
+)
+
+
+def _flow(kind: str, d: int = 3, **options) -> Flow:
+    torch.manual_seed(0)
+    options = {"n_layers": 2, "hidden_units": (8,), **options}
+    return Flow(build_transform(kind, d, **options), StandardNormal(d))
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_coupling_follows_the_index_buffers_it_loads(assign):
+    # A layer built with one mask and loaded with another's state must be
+    # that other layer (its strided views re-derived), not a mix of both.
+    torch.manual_seed(0)
+    source = Coupling(torch.tensor([True, True, False, True]), AffineTransformer(), (8,))
+    for p in source.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    target = Coupling(torch.tensor([True, False, True, True]), AffineTransformer(), (8,))
+    target.load_state_dict(source.state_dict(), assign=assign)
+    x = torch.randn(20, 4)
+    z, ladj = target(x)
+    expected_z, expected_ladj = source(x)
+    torch.testing.assert_close(z, expected_z, rtol=0, atol=0)
+    torch.testing.assert_close(ladj, expected_ladj, rtol=0, atol=0)
+    torch.testing.assert_close(target.inverse(z)[0], x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_takes_empty_batches(kind):
+    flow = _flow(kind).eval()
+    assert flow.log_prob(torch.randn(0, 3)).shape == (0,)
+    with torch.no_grad():
+        assert flow.sample(0, torch.Generator().manual_seed(0)).shape == (0, 3)
+
+
+def test_orders_and_permutations_must_be_permutations():
+    repeated = torch.tensor([0, 0, 1])
+    with pytest.raises(ValueError, match=r"MADE order must be a permutation of 0..2"):
+        MaskedAutoregressive(3, AffineTransformer(), (8,), order=repeated)
+    with pytest.raises(ValueError, match=r"Permutation perm must be a permutation of 0..2"):
+        Permutation(repeated)
+    with pytest.raises(ValueError, match="permutation of 0..2"):
+        MaskedAutoregressive(3, AffineTransformer(), (8,), order=torch.tensor([0, 1]))
+    layer = Permutation(torch.tensor([2, 0, 1]))
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(layer.inverse(layer(x)[0])[0], x)
+
+
+def test_affine_keeps_its_dtype_and_refuses_a_full_matrix():
+    loc = torch.randn(3, dtype=torch.float64)
+    chol = torch.linalg.cholesky(torch.tensor([[2.0, 0.5, 0.1], [0.5, 1.0, 0.2], [0.1, 0.2, 3.0]]))
+    layer = Affine(loc, chol.double())
+    assert layer.tril.dtype == layer.inv_tril.dtype == torch.float64
+    x = torch.randn(5, 3, dtype=torch.float64)
+    z, ladj = layer(x)
+    torch.testing.assert_close(layer.inverse(z)[0], x, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(ladj, -torch.logdet(chol.double()).expand(5), rtol=1e-14, atol=0)
+    # A covariance is not its Cholesky factor: refused, not lower-triangled.
+    with pytest.raises(ValueError, match="lower triangular .*torch.linalg.cholesky"):
+        Affine(loc, chol @ chol.T)
+
+
+def test_constructors_refuse_empty_shapes():
+    for kind in sorted(KINDS):
+        with pytest.raises(ValueError, match="n_layers >= 1, got 0"):
+            build_transform(kind, 3, n_layers=0, hidden_units=(8,))
+        with pytest.raises(ValueError, match="n_features >= 1, got 0"):
+            build_transform(kind, 0, n_layers=1, hidden_units=(8,))
+    with pytest.raises(ValueError, match="at least 2 knots"):
+        PiecewiseLinear(torch.zeros(2, 1), torch.zeros(2, 1))
+
+
+def test_train_flow_refuses_bad_rows_and_settings():
+    flow = _flow("maf")
+    X = torch.randn(64, 3)
+    kw = dict(max_iter=1, batch_size=16, learning_rate=1e-3)
+    for X_train, X_val, match in [
+        (torch.randn(64, 4), None, r"X_train takes rows of shape \(n, 3\)"),
+        (torch.randn(64), None, r"got shape \(64,\)"),
+        (X.double(), None, "in torch.float64"),
+        (X, torch.randn(8, 2), r"X_val takes rows of shape \(n, 3\)"),
+        (X[:0], None, "X_train has no rows"),
+        (X, X[:0], "X_val has no rows"),
+        (torch.cat([X, torch.full((1, 3), math.nan)]), None, "X_train holds NaN or infinite"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            train_flow(flow, X_train, X_val, **kw)
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        train_flow(flow, X, None, **{**kw, "batch_size": 0})
+
+
+def test_train_flow_without_validation_reports_the_kept_last_epoch():
+    torch.manual_seed(0)
+    X = torch.randn(128, 3) * 2 + 1
+    flow = _flow("maf")
+    result = train_flow(flow, X, None, max_iter=6, batch_size=32, learning_rate=0.1)
+    # (A run whose last epoch is not its lowest training loss.)
+    assert min(result.loss_curve) < result.loss_curve[-1]
+    assert result.n_iter == 6 and result.best_epoch == 6
+    assert result.best_score == -result.loss_curve[-1]
+
+
+def test_trial_compile_pass_leaves_batch_norm_statistics_alone(monkeypatch):
+    # compile=True tries one forward and backward pass before training; in
+    # train mode that would move batch norm's running averages.
+    monkeypatch.setattr(torch, "compile", lambda fn, *args, **kwargs: fn)
+    X = torch.randn(256, 3) * 3 + 2
+    states = []
+    for compile in (False, True):
+        flow = _flow("maf", batch_norm=True)
+        train_flow(flow, X, X[:32], max_iter=0, batch_size=64, learning_rate=1e-3, compile=compile)
+        states.append({k: v.clone() for k, v in flow.state_dict().items()})
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, rtol=0, atol=0, msg=name)
