@@ -131,3 +131,13 @@ def test_trial_compile_pass_leaves_batch_norm_statistics_alone(monkeypatch):
         states.append({k: v.clone() for k, v in flow.state_dict().items()})
     for name, value in states[0].items():
         torch.testing.assert_close(states[1][name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("kind", sorted(set(KINDS) - {"cnf"}))
+def test_torch_func_gradients_match_autograd(kind):
+    # The API docs promise torch.func's transforms for every kind but cnf.
+    flow = _flow(kind).double().eval()
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    (expected,) = torch.autograd.grad(flow.log_prob(x).sum(), x)
+    per_row = torch.func.vmap(torch.func.grad(lambda row: flow.log_prob(row[None])[0]))
+    torch.testing.assert_close(per_row(x.detach()), expected, rtol=1e-10, atol=1e-10)
