@@ -101,7 +101,15 @@ def read_table(path: str, header: bool | None):
             # names and sample's header would no longer be the file's.
             if isinstance(source, io.BytesIO):
                 source.seek(0)
-            names = pd.read_csv(source, header=None, nrows=1, encoding="utf-8-sig").iloc[0]
+            # (As text: parsed, "1" and "1.0" or "NA" and "NA" would compare wrongly.)
+            names = pd.read_csv(
+                source,
+                header=None,
+                nrows=1,
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8-sig",
+            ).iloc[0]
             repeated = names[names.duplicated()]
             if len(repeated):
                 raise CLIError(

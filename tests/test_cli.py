@@ -159,6 +159,7 @@ def test_header_is_detected(files, capsys, tmp_path):
         ("a,b\n", ["fit", "{csv}"], "has no data rows"),
         # pandas would rename the second "a" to "a.1" behind the user's back.
         ("a,a,b\n1,2,3\n4,5,6\n", ["fit", "{csv}"], "column name 'a' appears more than once"),
+        ("NA,NA,x\n1,2,3\n4,5,6\n", ["fit", "{csv}"], "column name 'NA' appears more than once"),
         ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--n-layers", "0"], "'n_layers' parameter"),
         ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--kind-options", '{"zz": 1}'], "kind_options"),
         ("a,b\n1,2\n", ["score", "{csv}", "{csv}"], "is not a skflow model file"),
@@ -476,3 +477,17 @@ def test_boolean_columns_are_sampled_as_booleans(tmp_path, capsys):
     assert main(["score", str(model), str(tmp_path / "d.csv"), "--out", str(out)]) == 0
     direct = FlowDensity.load(model).score_samples(data.astype(float))
     np.testing.assert_allclose(pd.read_csv(out)["log_density"], direct, rtol=1e-6)
+
+
+def test_header_names_are_compared_as_text(tmp_path, capsys):
+    # "1.0" and "1" (or "True" and "true") are different names, though
+    # equal as numbers (or booleans).
+    rng = np.random.default_rng(0)
+    rows = "\n".join(f"{a:.3f},{b:.3f},{c:.3f}" for a, b, c in rng.normal(size=(60, 3)))
+    (tmp_path / "h.csv").write_text("1.0,1,True\n" + rows + "\n")
+    (tmp_path / "t.csv").write_text("True,true,x\n" + rows + "\n")
+    for name, columns in (("h.csv", ["1.0", "1", "True"]), ("t.csv", ["True", "true", "x"])):
+        model = tmp_path / f"{name}.skflow"
+        argv = ["fit", str(tmp_path / name), "--header", "--out", str(model), *FAST]
+        assert main(argv) == 0
+        assert list(FlowDensity.load(model).feature_names_in_) == columns

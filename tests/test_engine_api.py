@@ -5,6 +5,7 @@ something else."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -140,4 +141,28 @@ def test_torch_func_gradients_match_autograd(kind):
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     (expected,) = torch.autograd.grad(flow.log_prob(x).sum(), x)
     per_row = torch.func.vmap(torch.func.grad(lambda row: flow.log_prob(row[None])[0]))
-    torch.testing.assert_close(per_row(x.detach()), expected, rtol=1e-10, atol=1e-10)
+    with warnings.catch_warnings():
+        # (vmap warns when an operation lacks a batching rule and loops.)
+        warnings.simplefilter("error", UserWarning)
+        got = per_row(x.detach())
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_torch_func_through_the_marginal_map():
+    # The estimator's flows start with a PiecewiseLinear layer: vmap must
+    # batch its knot search (both paths: per row, searchsorted; per chunk
+    # of 2,000 rows, the binary search), not fall back to a loop.
+    torch.manual_seed(0)
+    knots = torch.sort(torch.randn(3, 16, dtype=torch.float64), dim=1).values
+    layer = PiecewiseLinear(knots, torch.linspace(-2, 2, 16, dtype=torch.float64).expand(3, 16))
+    x = torch.randn(4000, 3, dtype=torch.float64)
+    xg = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(layer(xg)[1].sum(), xg)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*batching rule.*")
+        per_row = torch.func.vmap(torch.func.grad(lambda row: layer(row[None])[1][0]))(x)
+        per_chunk = torch.func.vmap(torch.func.grad(lambda rows: layer(rows)[1].sum()))(
+            x.view(2, 2000, 3)
+        )
+    torch.testing.assert_close(per_row, expected)
+    torch.testing.assert_close(per_chunk.reshape(4000, 3), expected)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
@@ -29,13 +28,11 @@ def check_permutation(order: Tensor, n: int, what: str) -> None:
 
 
 def _activation(cls: type[nn.Module]) -> nn.Module:
-    # In place where the activation allows it: here it always overwrites a
-    # fresh layer output that nothing else reads (autograd keeps the layer's
-    # inputs, not its output), which saves an allocation per hidden layer:
-    # 7% of scoring a 5-layer MAF on a CPU.
-    if "inplace" in inspect.signature(cls).parameters:
-        return cls(inplace=True)
-    return cls()
+    # The default ReLU in place: it always overwrites a fresh layer output
+    # that nothing else reads, which saves an allocation per hidden layer
+    # (7% of scoring a 5-layer MAF on a CPU). Other activations as given: some
+    # in-place versions lack forward-mode derivatives (torch.func.jvp).
+    return nn.ReLU(inplace=True) if cls is nn.ReLU else cls()
 
 
 class MLP(nn.Sequential):

@@ -137,6 +137,8 @@ class Affine(Transform):
         # Solved in float64 on the CPU (MPS has no float64), then cast to the
         # buffers' dtype before the copy to their device.
         scale = scale.detach().cpu().double()
+        if not bool(torch.isfinite(scale).all()):
+            raise ValueError("Affine scale must be finite with a strictly positive diagonal.")
         if scale.dim() == 2 and bool(torch.triu(scale, diagonal=1).any()):
             raise ValueError(
                 "Affine scale must be lower triangular (for whitening, the Cholesky factor "
@@ -171,8 +173,9 @@ def _search(knots: Tensor, v: Tensor) -> Tensor:
     a compare each) is 2.4x faster than ``searchsorted``'s per-element loop
     on large batches (16 vs 38 ns per lookup in 128 knots; the lookup was a
     quarter of scoring a small flow), but its two dozen operations cost
-    about 60 us, which ``searchsorted`` beats below about 2,500 lookups.
-    Elsewhere ``searchsorted`` is one kernel."""
+    about 60 us, which ``searchsorted`` beats below about 2,000 lookups in
+    128 knots (more with fewer knots). Elsewhere ``searchsorted`` is one
+    kernel."""
     if v.device.type != "cpu" or v.numel() < 2048:
         return torch.searchsorted(knots, v)
     # Invariant: every knot before ``base`` is below v, and the answer lies in
@@ -229,7 +232,8 @@ class PiecewiseLinear(Transform):
     @staticmethod
     def _segments(v: Tensor, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
         """Linear interpolation of ``v`` (features first) and its slope."""
-        idx = _search(src, v).clamp_(1, src.shape[-1] - 1)
+        # (Out of place: torch.func's vmap has no batching rule for clamp_.)
+        idx = _search(src, v).clamp(1, src.shape[-1] - 1)
         prev = idx - 1
         s0, s1 = src.gather(1, prev), src.gather(1, idx)
         d0, d1 = dst.gather(1, prev), dst.gather(1, idx)
