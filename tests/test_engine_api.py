@@ -166,3 +166,16 @@ def test_torch_func_through_the_marginal_map():
         )
     torch.testing.assert_close(per_row, expected)
     torch.testing.assert_close(per_chunk.reshape(4000, 3), expected)
+
+
+def test_torch_func_on_a_continuous_flow_says_to_use_autograd():
+    flow = _flow("cnf").eval()
+    x = torch.randn(4, 3)
+    with pytest.raises(NotImplementedError, match="kind='cnf' does not support torch.func"):
+        torch.func.vmap(torch.func.grad(lambda row: flow.log_prob(row[None])[0]))(x)
+    with pytest.raises(NotImplementedError, match="Use torch.autograd instead"):
+        torch.func.jacrev(flow.log_prob)(x)
+    # Plain autograd works.
+    xg = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(flow.log_prob(xg).sum(), xg)
+    assert grad.shape == (4, 3) and bool(torch.isfinite(grad).all())

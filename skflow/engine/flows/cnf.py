@@ -92,6 +92,21 @@ from skflow.engine.ode import (
 from skflow.engine.rng import draw
 from skflow.engine.transforms import Transform, log_det_wanted
 
+# Whether a torch.func transform (vmap, grad, jacrev) is tracing the call; a
+# private hook of torch's, so absent means "cannot tell" (never refuse).
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def _refuse_functorch() -> None:
+    if _functorch_active():
+        # (Else a "batching rule not implemented" error from deep inside.)
+        raise NotImplementedError(
+            "kind='cnf' does not support torch.func transforms (vmap, grad, jacrev): its "
+            "adaptive ODE solve branches on tensor values. Use torch.autograd instead "
+            "(torch.autograd.grad, torch.autograd.functional.jacobian)."
+        )
+
+
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 FIXED_SOLVERS = ("euler", "midpoint", "heun3", "rk4")
 TRAININGS = ("mle", "flow_matching")
@@ -439,6 +454,7 @@ class ContinuousFlow(Transform):
 
     # ----------------------------------------------------------- transform
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _refuse_functorch()
         # Adaptive steps shrink like 1/|x|, so beyond 1/eps (8e6 standard
         # deviations in float32, 4e15 in float64) they underflow and one such
         # row would fail its whole batch: those rows skip the solve and get
@@ -472,6 +488,7 @@ class ContinuousFlow(Transform):
         return z, log_px - std_normal_log_prob(z)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        _refuse_functorch()
         if self.augment_dims:
             # Latent augmented coordinates are standard normal, drawn from
             # the thread's noise generator (Flow.sample sets one from its
