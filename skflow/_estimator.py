@@ -391,7 +391,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     batch_size : int or "auto", default="auto"
         Minibatch size; ``"auto"`` uses an eighth of the training rows,
         clipped to 64..256 (and at most all of them): several steps per epoch
-        on small tables, full 256-row batches from 2,048 rows up.
+        on small tables, full 256-row batches from 2,048 training rows up
+        (2,276 rows with the default validation split).
     learning_rate : float, default=1e-3
         Adam (AdamW) learning rate.
     weight_decay : float, default=0.0
@@ -428,7 +429,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         large constant) are fine in either: the flow sees each column
         shifted by one of its values (``center_``), in float64. ``fit``
         refuses columns whose spread the precision cannot hold (float32:
-        beyond ~1e37; float64: beyond 1e150 or below 1e-150) with a
+        beyond ~8.5e37, a quarter of its maximum; float64: beyond 1e150 or
+        below 1e-150) with a
         ``ValueError``, rather than fit rounding noise.
     max_time : float or None, default=900
         Training time budget in seconds; training stops (keeping the best
@@ -493,7 +495,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     warm_start : bool, default=False
         With True, ``fit`` on a fitted estimator continues training its flow
         (on the new ``X``, for up to ``max_iter`` more epochs, with a fresh
-        optimizer but the first fit's validation split) instead of starting
+        optimizer and the first fit's validation split when ``X`` has as many
+        rows as then, else a new split) instead of starting
         anew: to go on
         after ``max_time`` or ``max_iter`` cut a fit short, or to fine-tune on
         new rows. The fixed layers (centre, quantile map, whitening,
@@ -531,8 +534,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         Mean training negative log-likelihood (nats per row) of each epoch.
         For ``"cnf"`` with ``training="mle"`` the regularization terms are
         included; with ``training="flow_matching"`` it is the flow-matching
-        loss (mean squared velocity error in standardized units), not a
-        likelihood.
+        loss (the squared velocity error summed over the features, averaged
+        over rows, in standardized units), not a likelihood.
     validation_scores_ : list of float or None
         Validation mean log-likelihood after each epoch (None without
         early stopping; NaN for the epochs of an earlier ``warm_start`` fit
@@ -561,7 +564,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         end of ``fit``.
     dequantization_ : ndarray of shape (n_features_in_,)
         Resolution of each discrete feature (its smallest gap between
-        values; 0 for continuous features).
+        values; 0 for continuous features, 1 for a constant column).
     dequantization_cells_ : list
         Per feature, the dequantization cells: a constant half-width, or the
         training values with the half-width of each value's cell and their
