@@ -78,6 +78,13 @@ def test_affine_keeps_its_dtype_and_refuses_a_full_matrix():
     # A covariance is not its Cholesky factor: refused, not lower-triangled.
     with pytest.raises(ValueError, match="lower triangular .*torch.linalg.cholesky"):
         Affine(loc, chol @ chol.T)
+    # A non-finite entry is reported as such, in a matrix (where the upper
+    # triangle of inf * 0 would read NaN) as in a vector.
+    for bad in (torch.diag(torch.tensor([1.0, math.inf, 1.0])), torch.tensor([1.0, math.nan, 1.0])):
+        with pytest.raises(ValueError, match="must be finite with a strictly positive diagonal"):
+            Affine(loc, bad)
+    with pytest.raises(ValueError, match="strictly positive diagonal"):
+        Affine(loc, torch.tensor([1.0, 0.0, 1.0]))
 
 
 def test_constructors_refuse_empty_shapes():

@@ -146,7 +146,7 @@ class Affine(Transform):
             )
         tril = torch.diag_embed(scale) if scale.dim() == 1 else scale
         diag = torch.diagonal(tril)
-        if not bool((diag > 0).all()) or not bool(torch.isfinite(tril).all()):
+        if not bool((diag > 0).all()):
             raise ValueError("Affine scale must be finite with a strictly positive diagonal.")
         eye = torch.eye(tril.shape[0], dtype=torch.float64)
         inv_tril = torch.linalg.solve_triangular(tril, eye, upper=False)
