@@ -165,19 +165,25 @@ def snap_to_cells(samples: np.ndarray, cells: NoiseCells, low: np.ndarray) -> np
 
 def weighted_quantile(values: np.ndarray, q, weights: np.ndarray | None = None):
     """Quantiles ``q`` (in [0, 1]) of ``values``: :func:`numpy.quantile`
-    without ``weights``; with them, linear interpolation between the sorted
-    values placed at the midpoints of their cumulative weight, rescaled so
-    that the extreme values sit at 0 and 1. With equal weights that is
-    numpy's default method, so nearly equal weights give nearly numpy's
-    quantiles."""
+    without ``weights``; with them, numpy's (linear) method applied as if
+    each value were repeated in proportion to its weight: with the weights
+    scaled to a mean of 1, a value of weight ``w >= 1`` spans ``w - 1`` of
+    the ``n - 1`` positions between the smallest and the largest, as ``w``
+    copies of it would. So equal weights give numpy's quantiles, and a value
+    holding a share ``s`` of the weight is every quantile within about ``s``
+    of its own, the extremes included (a heavy lowest value is the low
+    quantiles rather than a point below them)."""
     if weights is None:
         return np.quantile(values, q)
     order = np.argsort(values, kind="stable")
-    w = weights[order]
-    mid = np.cumsum(w) - w / 2
-    if values.size == 1 or mid[-1] <= mid[0]:
-        return np.interp(q, [0.0, 1.0], values[order][[0, 0]])
-    return np.interp(q, (mid - mid[0]) / (mid[-1] - mid[0]), values[order])
+    w = weights[order] * (values.size / weights.sum())
+    # Each value's span of positions, centred where its copies would be.
+    centre = np.cumsum(w) - w / 2 - 0.5
+    half = np.maximum(w - 1, 0) / 2
+    positions = np.column_stack([centre - half, centre + half]).ravel()
+    # (A value's two ends coincide when w <= 1; np.interp takes either, both
+    # hold the same value. Beyond the first and last ends it clamps.)
+    return np.interp(np.asarray(q) * (values.size - 1), positions, np.repeat(values[order], 2))
 
 
 def weighted_lower_median(values: np.ndarray, weights: np.ndarray) -> float:

@@ -108,6 +108,13 @@ def test_contamination_is_a_share_of_the_weight(clusters):
     np.testing.assert_array_equal(
         FlowDensity(contamination=0.2, **FAST).fit_predict(X, sample_weight=w), est.predict(X)
     )
+    # A lowest-scoring row holding 20% of the weight is not that 1%.
+    X_far = np.vstack([np.full((1, X.shape[1]), 4.0), X[:199]])
+    w_far = np.r_[50.0, np.ones(199)]
+    est = FlowDensity(contamination=0.01, **FAST).fit(X_far, sample_weight=w_far)
+    assert est.score_samples(X_far).argmin() == 0
+    flagged = est.predict(X_far) == -1
+    assert not flagged[0] and w_far[flagged].sum() / w_far.sum() <= 0.01
 
 
 def test_weights_reach_the_flow_through_pipeline_and_search(clusters):
@@ -193,6 +200,16 @@ def test_weighted_statistics_equal_those_of_repeated_rows():
     heavy = np.ones(40)
     heavy[np.argmax(values)] = 100.0
     assert weighted_quantile(values, 0.5, heavy) > np.quantile(values, 0.9)
+    # A heavy lowest value is the low quantiles (as its copies would be),
+    # not a point below them; integer weights come close to repeated rows.
+    ten = np.arange(10.0)
+    assert weighted_quantile(ten, 0.01, np.r_[10.0, np.ones(9)]) == 0.0
+    counts = rng.randint(1, 4, size=40)
+    q_mid = np.linspace(0.1, 0.9, 9)
+    gap = weighted_quantile(values, q_mid, counts.astype(float)) - np.quantile(
+        np.repeat(values, counts), q_mid
+    )
+    assert np.abs(gap).max() < 0.1 * values.std()
 
 
 def test_tiny_and_huge_weights():
