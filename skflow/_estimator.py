@@ -698,10 +698,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         if isinstance(units, str):  # "auto": small tables get small networks
             width = 32 if n_train < 1000 else 64 if n_train < 20000 else 128
             return (width, width)
-        if isinstance(units, Integral):
+        if isinstance(units, Integral) and not isinstance(units, bool):
             return (int(units), int(units))
         # (cast: typeshed's numbers.Integral declares < and <= only.)
-        if not all(
+        if isinstance(units, bool) or not all(
             isinstance(h, Integral) and not isinstance(h, bool) and cast(int, h) >= 1 for h in units
         ):
             raise ValueError(
@@ -984,6 +984,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def _seeded_flow(self, n_features: int, hidden_units: tuple[int, ...], seed: int) -> Flow:
         """A new flow, its initial weights drawn from ``seed``."""
+        if isinstance(self.n_layers, bool):  # (an Integral to the validation)
+            raise ValueError(f"n_layers must be a positive int, got {self.n_layers!r}.")
         options = self.kind_options or {}
         for name in set(options) & set(SHAPE_OPTIONS):
             raise ValueError(
@@ -996,6 +998,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             try:
                 return self._build_flow(n_features, hidden_units)
             except (TypeError, ValueError) as exc:
+                if not options:
+                    raise
                 # The engine names the kind's options (and what is wrong).
                 raise type(exc)(
                     f"kind_options={self.kind_options!r} are not valid for "
@@ -1613,7 +1617,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         >>> FlowDensity(max_iter=5, random_state=0).fit_transform(load_iris().data).shape
         (150, 4)
         """
-        # Refuse a flow without a latent map before training it.
+        # Refuse a flow without a latent map before training it (valid
+        # parameters first: kind_options is read).
+        self._validate_params()
         self._check_bijective("fit_transform", fitted=False)
         return self.fit(X, y, **fit_params).transform(X)
 

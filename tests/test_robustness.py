@@ -372,6 +372,9 @@ INVALID_PARAMS = [
     (dict(random_state="seed"), r"'random_state' parameter"),
     (dict(kind_options=[1]), r"'kind_options' parameter .* None or an instance of 'dict'"),
     (dict(hidden_units=(8, -1)), r"hidden_units must be .*a positive int or a tuple"),
+    # (bools pass as Integral to scikit-learn's validation)
+    (dict(hidden_units=True), r"hidden_units must be .*a positive int"),
+    (dict(n_layers=True), r"^n_layers must be a positive int, got True"),
     (dict(device="tpu"), r"device='tpu'"),
 ]
 

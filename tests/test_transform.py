@@ -110,6 +110,9 @@ def test_augmented_cnf_has_no_latent_map():
     with pytest.raises(ValueError, match="augment_dims"):
         aug.fit_transform(X)  # refused before training
     assert not hasattr(aug, "flow_")
+    # Parameters are validated before kind_options is read.
+    with pytest.raises(ValueError, match="'kind_options' parameter"):
+        FlowDensity("cnf", kind_options="rk4").fit_transform(X)
     aug.fit(X)
     for method in (aug.transform, aug.inverse_transform):
         with pytest.raises(ValueError, match="augment_dims"):
