@@ -186,3 +186,17 @@ def test_torch_func_on_a_continuous_flow_says_to_use_autograd():
     xg = x.clone().requires_grad_()
     (grad,) = torch.autograd.grad(flow.log_prob(xg).sum(), xg)
     assert grad.shape == (4, 3) and bool(torch.isfinite(grad).all())
+
+
+def test_stepwise_plan_made_in_inference_mode_serves_autograd():
+    """Scoring and sampling run in inference mode; the stepwise solve's
+    cached plan built there must not make later autograd calls fail."""
+    torch.manual_seed(0)
+    layer = MaskedAutoregressive(16, AffineTransformer(), (64, 64))
+    z = torch.randn(2048, 16)  # enough work for the stepwise solve
+    with torch.inference_mode():
+        expected, _ = layer.inverse(z)
+    x, _ = layer.inverse(z.requires_grad_())
+    x.sum().backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+    torch.testing.assert_close(x.detach(), expected)

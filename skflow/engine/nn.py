@@ -201,9 +201,12 @@ class MADE(nn.Module):
             or any(a is not b for a, b in zip(cached[0], masks, strict=True))
             or cached[1] != versions
         ):
-            plan = _AutoregressivePlan.from_masks(
-                [m.detach().cpu().bool() for m in masks], self.n_params
-            )
+            # (Outside inference mode, which scoring and sampling enter: the
+            # plan's index tensors must serve later autograd calls too.)
+            with torch.inference_mode(False):
+                plan = _AutoregressivePlan.from_masks(
+                    [m.detach().cpu().bool() for m in masks], self.n_params
+                )
             cached = self.__dict__["_plan_cache"] = (masks, versions, plan)
         return cached[2]
 
@@ -262,11 +265,12 @@ class _AutoregressivePlan:
 
     def indices(self, device: torch.device) -> _OnDevice:
         if device not in self._on_device:
-            self._on_device[device] = _OnDevice(
-                [p.to(device) for p in self.perms],
-                [f.to(device) for f in self.solved],
-                self.perms[0].argsort().to(device),
-            )
+            with torch.inference_mode(False):  # (as in MADE._plan)
+                self._on_device[device] = _OnDevice(
+                    [p.to(device) for p in self.perms],
+                    [f.to(device) for f in self.solved],
+                    self.perms[0].argsort().to(device),
+                )
         return self._on_device[device]
 
     @classmethod
