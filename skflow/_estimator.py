@@ -282,13 +282,16 @@ def _usable_device(wanted: str | torch.device) -> torch.device:
     try:
         return resolve_device(wanted)
     except ValueError:
+        # (A GPU index this machine lacks: its current GPU, if it has one.)
+        cuda = torch.device(wanted).type == "cuda" and torch.cuda.is_available()
+        device = resolve_device("cuda") if cuda else torch.device("cpu")
         warnings.warn(
             f"This FlowDensity was fitted on {wanted}, which is not available here; "
-            "it will score and sample on the CPU.",
+            f"it will score and sample on {device}.",
             UserWarning,
             stacklevel=3,
         )
-        return torch.device("cpu")
+        return device
 
 
 def _column_dtypes(X):

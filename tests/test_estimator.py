@@ -228,6 +228,20 @@ def test_unavailable_device_raises(moons):
         FlowDensity(device="cuda", **FAST).fit(moons)
 
 
+def test_cuda_resolves_to_the_current_device(monkeypatch):
+    """A bare "cuda" is pinned to the device current at fit time, so rows
+    scored later (another thread, another torch.cuda.device block) go where
+    the weights are."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    for device in ("auto", "cuda", torch.device("cuda")):
+        assert resolve_device(device) == torch.device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="has 2 CUDA device"):
+        resolve_device("cuda:2")
+
+
 def test_mps_is_float32_only(monkeypatch, moons):
     """Apple's GPUs have no float64: "auto" passes them over for float64 and
     an explicit "mps" says so, before any torch work."""
@@ -235,6 +249,8 @@ def test_mps_is_float32_only(monkeypatch, moons):
     monkeypatch.setattr(skflow.engine.device, "_mps_available", lambda: True)
     assert resolve_device("auto") == torch.device("mps")
     assert resolve_device("auto", torch.float64) == torch.device("cpu")
+    with pytest.raises(ValueError, match="MPS has one device"):
+        resolve_device("mps:1")
     with pytest.raises(ValueError, match="MPS has no float64"):
         FlowDensity(device="mps", dtype="float64", **FAST).fit(moons)
 

@@ -359,6 +359,17 @@ def test_file_from_a_gpu_machine_loads_on_cpu(fitted, tmp_path):
         FlowDensity.load(tmp_path / "m.safetensors", device="cuda")
 
 
+def test_missing_gpu_index_falls_back_to_the_current_gpu(monkeypatch):
+    from skflow._estimator import _usable_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert _usable_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+    with pytest.warns(UserWarning, match="fitted on cuda:3.*on cuda:0"):
+        assert _usable_device(torch.device("cuda", 3)) == torch.device("cuda", 0)
+
+
 @pytest.mark.gpu
 def test_gpu_fit_loads_on_cpu_with_same_scores(tmp_path):
     est = FlowDensity(device="cuda", **FAST).fit(X)

@@ -23,6 +23,13 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def _current_cuda() -> torch.device:
+    # With its index: a bare "cuda" means whichever device is current when a
+    # tensor is moved, which can differ between fitting and scoring (threads,
+    # torch.cuda.device blocks) from where the flow's weights stay.
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def resolve_device(device: str | torch.device, dtype: torch.dtype = torch.float32) -> torch.device:
     """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a
     :class:`torch.device` into an available :class:`torch.device` that can
@@ -36,7 +43,7 @@ def resolve_device(device: str | torch.device, dtype: torch.dtype = torch.float3
     float64 = dtype == torch.float64
     if isinstance(device, str) and device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _current_cuda()
         if _mps_available() and not float64:
             return torch.device("mps")
         return torch.device("cpu")
@@ -58,11 +65,15 @@ def resolve_device(device: str | torch.device, dtype: torch.dtype = torch.float3
                 f"device={device!r} does not exist: this machine has "
                 f"{torch.cuda.device_count()} CUDA device(s)."
             )
+        if dev.index is None:
+            return _current_cuda()
     elif dev.type == "mps" and not _mps_available():
         raise ValueError(
             f"device={device!r} was requested but MPS is not available on this "
             "machine; use device='auto' or device='cpu'."
         )
+    elif dev.type == "mps" and dev.index not in (None, 0):
+        raise ValueError(f"device={device!r} does not exist: MPS has one device, 'mps'.")
     elif dev.type == "mps" and float64:
         raise ValueError(
             f"device={device!r} cannot compute in float64 (MPS has no float64); "
