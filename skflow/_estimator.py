@@ -1121,6 +1121,13 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         def as_tensor(a):
             return torch.tensor(a, dtype=dtype).to(device)
 
+        def as_half_widths(half):
+            # Continuous columns have none: one row of zeros, broadcast, not
+            # a second copy of the data on the device for the whole fit.
+            if half.any():
+                return as_tensor(half)
+            return torch.zeros((1, half.shape[1]), dtype=dtype, device=device).expand(half.shape)
+
         batch_size = self._batch_size(len(train_idx), flow)
         desc = f"FlowDensity({self.kind!r})"
         with epoch_progress(self.verbose, self.max_iter, desc) as on_epoch:
@@ -1129,8 +1136,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 as_tensor(X_train - center),
                 as_tensor(X[val_idx] - center) if val_idx is not None else None,
                 noise=(
-                    as_tensor(half_train),
-                    as_tensor(half_widths(X[val_idx], cells)) if val_idx is not None else None,
+                    as_half_widths(half_train),
+                    as_half_widths(half_widths(X[val_idx], cells)) if val_idx is not None else None,
                 ),
                 max_iter=self.max_iter,
                 batch_size=batch_size,
@@ -1530,7 +1537,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             )
             bad = ~np.isfinite(mapped).all(axis=1)
             # Far out in the heavy-tailed latent the inverse grows like
-            # exp(|z|) and saturates (about 10 standard deviations out,
+            # exp(|z|) and saturates (about 7 to 10 standard deviations out,
             # depending on the data): such rows do not map back.
             far = ~bad & (np.abs(X).max(axis=1) > TAIL_START) if inverse else None
             if far is not None and far.any():
@@ -1639,7 +1646,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
             Latent coordinates (a DataFrame must have :meth:`transform`'s
             columns ``z0``, ``z1``, ...). Rows too far out for the flow's
-            arithmetic to map back (beyond about 10 standard deviations,
+            arithmetic to map back (beyond about 7 to 10 standard deviations,
             where the heavy-tailed latent's inverse grows like ``exp(|z|)``)
             raise a ValueError; standard normal draws never get there.
 
