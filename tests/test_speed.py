@@ -64,6 +64,26 @@ def test_training_reads_no_value_per_step(kind, options, monkeypatch):
     assert host_reads(16 * 20) == host_reads(16 * 2)
 
 
+def test_continuous_columns_upload_no_noise_widths(monkeypatch):
+    """Dequantization widths reach the device once per fit: for continuous
+    columns (none) as one broadcast row, not a zero copy of the data."""
+    import skflow._estimator as estimator
+
+    seen = []
+
+    def spy(*args, noise, **kwargs):
+        seen.append(noise)
+        return train_flow(*args, noise=noise, **kwargs)
+
+    monkeypatch.setattr(estimator, "train_flow", spy)
+    X = np.random.RandomState(0).normal(size=(300, 3))
+    FlowDensity(n_layers=1, max_iter=2, random_state=0).fit(X)
+    assert all(h.stride() == (0, 1) and not h.any() for h in seen[-1])
+    X[:, 0] = np.round(X[:, 0])  # a discrete column: real widths, per entry
+    FlowDensity(n_layers=1, max_iter=2, random_state=0).fit(X)
+    assert all(h.stride() == (3, 1) and h[:, 0].all() for h in seen[-1])
+
+
 @pytest.mark.parametrize("max_norm", [1e-2, 1e6])
 def test_gradient_clipping_matches_torch(max_norm):
     """The training loop's clipping (no per-call grouping by device) scales
