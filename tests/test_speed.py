@@ -76,6 +76,7 @@ def test_continuous_columns_upload_no_noise_widths(monkeypatch):
         return train_flow(*args, noise=noise, **kwargs)
 
     monkeypatch.setattr(estimator, "train_flow", spy)
+    warnings.simplefilter("ignore", ConvergenceWarning)  # (two epochs; pytest restores filters)
     X = np.random.RandomState(0).normal(size=(300, 3))
     FlowDensity(n_layers=1, max_iter=2, random_state=0).fit(X)
     assert all(h.stride() == (0, 1) and not h.any() for h in seen[-1])
