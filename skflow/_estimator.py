@@ -73,6 +73,9 @@ AUTO_TAIL = 0.01
 TAIL_START = 5.0
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Rows to score or map stay float32 if they come so: chunks are shifted and
+# cast as they go (exactly), not the whole input copied to float64 first.
+_MAPPED_DTYPES = (np.float64, np.float32)
 # Training columns must stay within [1/_SQUARE_SAFE, _SQUARE_SAFE] in size so
 # that their float64 squares (variances) neither overflow nor underflow.
 _SQUARE_SAFE = 1e150
@@ -782,8 +785,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         # snaps onto their lattice.
         return widths, cells, half
 
-    def _validate_X(self, X, **kwargs) -> np.ndarray:
-        """``validate_data`` to float64, with an error naming non-numeric columns."""
+    def _validate_X(self, X, dtype=np.float64, **kwargs) -> np.ndarray:
+        """``validate_data`` to ``dtype`` (float64), with an error naming
+        non-numeric columns."""
         dtypes = _column_dtypes(X)  # a DataFrame names its columns
         times = (
             []
@@ -815,7 +819,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             )
         _warn_inexact_integers(X, dtypes)
         try:
-            return validate_data(self, X, dtype=np.float64, **kwargs)
+            return validate_data(self, X, dtype=dtype, **kwargs)
         except TypeError as exc:
             # pandas' missing value in an object column: float(pd.NA) fails.
             if "NAType" not in str(exc):
@@ -1397,7 +1401,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         (4,)
         """
         check_is_fitted(self)
-        return self._log_density(self._validate_X(X, reset=False))
+        return self._log_density(self._validate_X(X, reset=False, dtype=_MAPPED_DTYPES))
 
     def cell_widths(self, X):
         """Width of the dequantization cell of each entry of ``X``.
@@ -1536,14 +1540,17 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 X, lambda t: step(t)[0], X.shape[1], shift=None if inverse else self.center_
             )
             bad = ~np.isfinite(mapped).all(axis=1)
-            # Far out in the heavy-tailed latent the inverse grows like
-            # exp(|z|) and saturates (about 7 to 10 standard deviations out,
-            # depending on the data): such rows do not map back.
-            far = ~bad & (np.abs(X).max(axis=1) > TAIL_START) if inverse else None
-            if far is not None and far.any():
-                back = self._map_rows(mapped[far], lambda t: transform(t)[0], X.shape[1])
-                error = np.abs(back - X[far]).max(axis=1)
-                bad[far] = ~(error <= 1e-2 * np.abs(X[far]).max(axis=1))
+            if inverse:
+                # Far out in the heavy-tailed latent the inverse grows like
+                # exp(|z|) and saturates (about 7 to 10 standard deviations
+                # out, depending on the data): such rows do not map back.
+                # (Row maxima of |X| without a copy of |X|.)
+                size = np.maximum(X.max(axis=1), -X.min(axis=1))
+                far = ~bad & (size > TAIL_START)
+                if far.any():
+                    back = self._map_rows(mapped[far], lambda t: transform(t)[0], X.shape[1])
+                    error = np.abs(back - X[far]).max(axis=1)
+                    bad[far] = ~(error <= 1e-2 * size[far])
         if bad.any():
             raise ValueError(
                 f"{what}: {int(bad.sum())} row(s) (the first is row {int(bad.argmax())}) are "
@@ -1551,7 +1558,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "finite values that map back. Remove them (standard normal latent draws "
                 "never get there), or refit with dtype='float64'."
             )
-        return mapped + self.center_ if inverse else mapped
+        if inverse:
+            mapped += self.center_  # (in place: no second array of the output's size)
+        return mapped
 
     def _check_bijective(self, what: str, fitted: bool = True) -> None:
         if fitted:
@@ -1601,7 +1610,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         ((178, 13), True)
         """
         check_is_fitted(self)
-        return self._through_flow(self._validate_X(X, reset=False), False, "transform")
+        rows = self._validate_X(X, reset=False, dtype=_MAPPED_DTYPES)
+        return self._through_flow(rows, False, "transform")
 
     def fit_transform(self, X, y=None, **fit_params):
         """Fit the flow to ``X``, then map ``X`` to the latent space.
@@ -1674,7 +1684,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "plain array to map columns by position."
             )
         try:
-            Z = check_array(X, dtype=np.float64)
+            Z = check_array(X, dtype=_MAPPED_DTYPES)
         except ValueError as exc:
             if "could not convert" not in str(exc):
                 raise

@@ -241,3 +241,33 @@ def test_cuda_training_throughput_at_batch_4096():
     assert auto.type == "cuda"
     gpu = _steps_per_second(auto, X)
     assert gpu >= 20 * cpu, f"{gpu:.0f} steps/s on {auto} vs {cpu:.0f} on 2 CPU threads"
+
+
+def test_float32_rows_are_mapped_without_a_float64_copy(monkeypatch):
+    """Scoring and the latent maps shift and cast rows chunk by chunk: a
+    float32 input is not first copied whole to float64, and the results are
+    those of its float64 copy."""
+    X = np.random.RandomState(0).normal(size=(500, 3))
+    est = FlowDensity(n_layers=1, max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    X32 = X.astype(np.float32)
+    expected = {
+        "score_samples": est.score_samples(X32.astype(np.float64)),
+        "transform": est.transform(X32.astype(np.float64)),
+        "inverse_transform": est.inverse_transform(X32.astype(np.float64)),
+    }
+    seen = []
+    original = FlowDensity._map_rows
+
+    def spy(self, rows, *args, **kwargs):
+        seen.append(rows)
+        return original(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(FlowDensity, "_map_rows", spy)
+    for method, want in expected.items():
+        got = getattr(est, method)(X32)
+        assert np.shares_memory(seen[0], X32), method
+        assert got.dtype == np.float64 and np.array_equal(got, want), method
+        seen.clear()
