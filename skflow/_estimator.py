@@ -1806,6 +1806,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                     "random_state values)."
                 ) from None
             samples = x.cpu().double().numpy()
+            del x  # (float32 draws: freed before the snapping's temporaries)
             samples += self.center_  # in place: one n x D copy fewer at peak
             samples = self._snap_to_lattice(samples)
             broken = int((~np.isfinite(samples).all(axis=1)).sum())
