@@ -489,6 +489,10 @@ class Coupling(Transform):
         # from the mask it was built with.
         self._derive_views()
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._derive_views()  # (pickles of skflow 0.1.0 predate the views)
+
     def _couple(self, x: Tensor, forward: bool) -> tuple[Tensor, Tensor]:
         cond_cols = self.idx_cond if self._cond_cols is None else self._cond_cols
         trans_cols = self.idx_trans if self._trans_cols is None else self._trans_cols
