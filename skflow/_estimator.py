@@ -162,7 +162,7 @@ def _warn_few_rows(n_train: int, w_train: np.ndarray | None, n_features: int) ->
         "ones. Use more rows, fewer features (e.g. PCA in a Pipeline), or a smaller "
         "validation_fraction.",
         UserWarning,
-        stacklevel=5,
+        stacklevel=_user_stacklevel(),
     )
 
 
@@ -292,7 +292,7 @@ def _usable_device(wanted: str | torch.device) -> torch.device:
             f"This FlowDensity was fitted on {wanted}, which is not available here; "
             f"it will score and sample on {device}.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=_user_stacklevel(),
         )
         return device
 
@@ -986,7 +986,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "The density stays exact but may fit these rows poorly; fit with "
                 "warm_start=False to fit the fixed layers to them.",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=_user_stacklevel(),
             )
 
     def _seeded_flow(self, n_features: int, hidden_units: tuple[int, ...], seed: int) -> Flow:
@@ -1056,7 +1056,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                     "every row (early_stopping=False): the validation scores, early stopping "
                     "and offset_ are flattered by rows already trained on.",
                     UserWarning,
-                    stacklevel=5,
+                    stacklevel=_user_stacklevel(),
                 )
             n_val = first_split[2] or n_val
         split_state = split_rng.get_state()
@@ -1109,7 +1109,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                     "standardization) plus that map. For one column use kind='nsf', "
                     "'planar' or 'cnf'.",
                     UserWarning,
-                    stacklevel=4,
+                    stacklevel=_user_stacklevel(),
                 )
         _warn_few_rows(len(train_idx), w_train, X.shape[1])
         # Cast first: fitted buffers set in float32 and cast to float64 would
@@ -1240,7 +1240,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 f"compile=True: {result.compile_error}; trained without compilation. "
                 "Set compile=False to skip the attempt.",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=_user_stacklevel(),
             )
         if result.stop_reason == "diverged":
             warnings.warn(
@@ -1248,7 +1248,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 f"{previous + result.n_iter}; the weights of epoch {kept} were restored. "
                 "Try a smaller learning_rate, fewer n_layers or dtype='float64'.",
                 ConvergenceWarning,
-                stacklevel=5,
+                stacklevel=_user_stacklevel(),
             )
         elif result.stop_reason == "max_time":
             warnings.warn(
@@ -1256,7 +1256,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 f"after {result.n_iter} epochs, keeping the best weights so far; raise "
                 f"max_time (None: no limit) to train to convergence, or {more}.",
                 ConvergenceWarning,
-                stacklevel=5,
+                stacklevel=_user_stacklevel(),
             )
         elif result.stop_reason == "max_iter":
             kept_start = (
@@ -1269,7 +1269,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 f"monitored log-likelihood stopped improving; consider increasing max_iter "
                 f"(or {more}).{kept_start}",
                 ConvergenceWarning,
-                stacklevel=5,
+                stacklevel=_user_stacklevel(),
             )
         elif result.best_epoch == 0:
             cause = (
@@ -1283,7 +1283,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 f"{start}, so that was kept: the flow learned nothing. {cause} "
                 f"(learning_rate={self.learning_rate:g}).",
                 ConvergenceWarning,
-                stacklevel=5,
+                stacklevel=_user_stacklevel(),
             )
 
     def _check_invertibility(self, X: np.ndarray, rng: np.random.RandomState, seed: int) -> float:
@@ -1315,7 +1315,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "samples are unreliable. Try dtype='float64', a smaller learning_rate "
                 "or fewer n_layers.",
                 InvertibilityWarning,
-                stacklevel=5,
+                stacklevel=_user_stacklevel(),
             )
         return error
 

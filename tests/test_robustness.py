@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.datasets import make_moons
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import make_pipeline
 
 from skflow import FlowDensity
 from skflow.engine import KINDS
@@ -585,6 +586,11 @@ def test_one_column_warns_for_kinds_that_cannot_shape_it():
     with pytest.warns(UserWarning, match="kind='maf' cannot shape a single column") as record:
         maf = FlowDensity("maf", **params).fit(X[::2])
     assert all(w.filename == __file__ for w in record if "single column" in str(w.message))
+    # Through fit_transform or a Pipeline, fit's warnings still point here.
+    with pytest.warns(UserWarning, match="single column") as record:
+        FlowDensity("maf", **{**params, "max_iter": 2}).fit_transform(X[::2])
+        make_pipeline(FlowDensity("maf", **{**params, "max_iter": 2})).fit(X[::2])
+    assert {w.filename for w in record} == {__file__}
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
