@@ -93,6 +93,11 @@ def test_constructors_refuse_empty_shapes():
             build_transform(kind, 3, n_layers=0, hidden_units=(8,))
         with pytest.raises(ValueError, match="n_features >= 1, got 0"):
             build_transform(kind, 0, n_layers=1, hidden_units=(8,))
+        for units in [(0,), (8.5,), 8, (8, True)]:
+            with pytest.raises(ValueError, match="hidden_units as a sequence of positive ints"):
+                build_transform(kind, 3, n_layers=1, hidden_units=units)
+        with pytest.raises(ValueError, match="needs n_layers"):
+            build_transform(kind, 3, hidden_units=(8,))
     with pytest.raises(ValueError, match="at least 2 knots"):
         PiecewiseLinear(torch.zeros(2, 1), torch.zeros(2, 1))
 

@@ -9,7 +9,7 @@ latent space. Adding a family means one module here and one line in ``KINDS``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from numbers import Integral
 
 from skflow.engine.flows.cnf import ContinuousFlow, build_cnf
@@ -56,14 +56,30 @@ def kind_options(kind: str) -> list[str]:
     return [n for n, p in params.items() if p.default is not p.empty and n not in skip]
 
 
+def _positive_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and int(value) >= 1
+
+
 def build_transform(kind: str, n_features: int, **options: object) -> Transform:
     """Build the transform of flow family ``kind`` for ``n_features`` features."""
     builder, allowed = _builder(kind), kind_options(kind)
-    n_layers = options.get("n_layers", 1)
-    for name, value in (("n_features", n_features), ("n_layers", n_layers)):
+    if "n_layers" not in options:
+        raise ValueError("build_transform needs n_layers (the number of layers or blocks).")
+    for name, value in (("n_features", n_features), ("n_layers", options["n_layers"])):
         # (Zero layers would silently build the identity.)
-        if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+        if not _positive_int(value):
             raise ValueError(f"build_transform needs {name} >= 1, got {value!r}.")
+    units = options.get("hidden_units", ())
+    if (
+        not isinstance(units, Sequence)
+        or isinstance(units, str)
+        or not all(map(_positive_int, units))
+    ):
+        # (A zero width would build a constant conditioner, 8.5 a network of 9.)
+        raise ValueError(
+            f"build_transform needs hidden_units as a sequence of positive ints, e.g. "
+            f"(64, 64) (() for linear conditioners), got {units!r}."
+        )
     unknown = sorted(set(options) - {*SHAPE_OPTIONS, *allowed})
     if unknown:
         raise ValueError(
