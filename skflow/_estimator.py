@@ -544,11 +544,12 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         over rows, in standardized units), not a likelihood.
     validation_scores_ : list of float or None
         Validation mean log-likelihood after each epoch (None without
-        early stopping; NaN for the epochs of an earlier ``warm_start`` fit
-        without it). For ``"cnf"`` with ``training="flow_matching"`` it
-        is minus the flow-matching loss on the validation rows (fixed random
-        draws), which is far cheaper than an ODE solve per epoch;
-        :meth:`score` gives their log-likelihood.
+        early stopping; once a fit of this model validated, ``warm_start``
+        fits keep the list, with NaN for the epochs of fits without it).
+        For ``"cnf"`` with ``training="flow_matching"`` it is minus the
+        flow-matching loss on the validation rows (fixed random draws),
+        which is far cheaper than an ODE solve per epoch; :meth:`score`
+        gives their log-likelihood.
     best_validation_score_ : float or None
         Validation score of the weights kept (None without early stopping):
         the best epoch's, or the starting weights' when no epoch beat them.
@@ -1181,16 +1182,24 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             # Earlier epochs carry on; the range belongs with the first fit's
             # fixed layers and cells (sample() snaps and clips with it).
             loss_curve = self.loss_curve_ + result.loss_curve
-            scores = self.validation_scores_ or [math.nan] * previous  # (none then)
-            scores = scores + result.validation_scores
+            # One score per epoch once any fit validated (NaN where none did).
+            earlier = self.validation_scores_
+            if earlier is not None or self.early_stopping:
+                scores = earlier or [math.nan] * previous
+                scores = scores + (
+                    result.validation_scores if self.early_stopping else [math.nan] * result.n_iter
+                )
+            else:
+                scores = None
             lattice_range = self.lattice_range_
         else:
-            loss_curve, scores = result.loss_curve, result.validation_scores
+            loss_curve = result.loss_curve
+            scores = result.validation_scores if self.early_stopping else None
             lattice_range = np.stack([X_train.min(axis=0), X_train.max(axis=0)])
         self.flow_ = flow
         self.device_ = device
         self.loss_curve_ = loss_curve
-        self.validation_scores_ = scores if self.early_stopping else None
+        self.validation_scores_ = scores
         self.best_validation_score_ = result.best_score if self.early_stopping else None
         self.best_epoch_ = kept
         self.n_iter_ = previous + result.n_iter

@@ -139,6 +139,12 @@ def test_epoch_records_line_up(cancer):
     assert len(est.validation_scores_) == len(est.loss_curve_) == est.n_iter_ == 8
     assert np.isnan(est.validation_scores_[:5]).all()
     assert np.isfinite(est.validation_scores_[5:]).all()
+    # A warm fit without validation keeps the scores so far (NaN for its own).
+    before = list(est.validation_scores_)
+    est.set_params(early_stopping=False, max_iter=2).fit(X_train)
+    np.testing.assert_array_equal(est.validation_scores_[:8], before)  # (NaN equal NaN)
+    assert np.isnan(est.validation_scores_[8:]).all()
+    assert len(est.validation_scores_) == len(est.loss_curve_) == est.n_iter_ == 10
 
 
 def test_new_rows_off_the_fitted_values_warn():
