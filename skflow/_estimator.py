@@ -1561,11 +1561,13 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                     error = np.abs(back - X[far]).max(axis=1)
                     bad[far] = ~(error <= 1e-2 * size[far])
         if bad.any():
+            dtype = str(self._flow_dtype()).removeprefix("torch.")
+            remedy = "" if dtype == "float64" else ", or refit with dtype='float64'"
             raise ValueError(
                 f"{what}: {int(bad.sum())} row(s) (the first is row {int(bad.argmax())}) are "
-                f"too far out for the flow's {self.dtype} arithmetic: they do not map to "
+                f"too far out for the flow's {dtype} arithmetic: they do not map to "
                 "finite values that map back. Remove them (standard normal latent draws "
-                "never get there), or refit with dtype='float64'."
+                f"never get there){remedy}."
             )
         if inverse:
             mapped += self.center_  # (in place: no second array of the output's size)

@@ -84,8 +84,13 @@ def test_transform_errors():
     est = FlowDensity(n_layers=2, hidden_units=16, max_iter=5, random_state=0).fit(X)
     with pytest.raises(ValueError, match="X has 3 columns, but the latent space"):
         est.inverse_transform(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="too far out"):
+    with pytest.raises(ValueError, match="too far out for the flow's float32 .* refit with dtype"):
         est.transform(np.r_[X[:2], np.full((1, 13), 1e300)])
+    # The fitted flow's precision, not a dtype set for the next fit.
+    est.set_params(dtype="float64")
+    with pytest.raises(ValueError, match="too far out for the flow's float32"):
+        est.transform(np.full((1, 13), 1e300))
+    est.set_params(dtype="float32")
     with pytest.raises(ValueError, match="NaN"):
         est.inverse_transform(np.full((2, 13), np.nan))
     with pytest.raises(ValueError, match="latent coordinates .* but X holds text"):
