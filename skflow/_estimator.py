@@ -143,9 +143,12 @@ def _check_fitted(fitted: dict, cls: type) -> None:
 _AFFINE_IN_ONE_DIMENSION = ("maf", "iaf", "realnvp", "nice", "glow")
 
 
-def _warn_few_rows(n_train: int, w_train: np.ndarray | None, n_features: int) -> None:
+def _warn_few_rows(
+    n_train: int, w_train: np.ndarray | None, n_features: int, validated: bool
+) -> None:
     """Warn (at the caller of ``fit``) when the training rows, or the rows
-    the weights sit on, are no more than the features."""
+    the weights sit on, are no more than the features (``validated``: after
+    a validation split)."""
     n_effective = effective_rows(n_train, w_train)
     if n_effective > n_features:
         return
@@ -155,12 +158,13 @@ def _warn_few_rows(n_train: int, w_train: np.ndarray | None, n_features: int) ->
     rows = f"{n_train} row{'s' * (n_train != 1)}"
     if w_train is not None:
         rows += f", as many as {n_effective:.1f} equally weighted ones,"
+    split = " (after the validation split)" if validated else ""
+    remedy = ", or a smaller validation_fraction" if validated else ""
     warnings.warn(
-        f"FlowDensity trains on {rows} (after the validation split) "
+        f"FlowDensity trains on {rows}{split} "
         f"in {n_features} dimensions: with no more rows than features the density "
         "collapses towards the rows' subspace, so training rows score far above new "
-        "ones. Use more rows, fewer features (e.g. PCA in a Pipeline), or a smaller "
-        "validation_fraction.",
+        f"ones. Use more rows or fewer features (e.g. PCA in a Pipeline){remedy}.",
         UserWarning,
         stacklevel=_user_stacklevel(),
     )
@@ -1112,7 +1116,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                     UserWarning,
                     stacklevel=_user_stacklevel(),
                 )
-        _warn_few_rows(len(train_idx), w_train, X.shape[1])
+        _warn_few_rows(len(train_idx), w_train, X.shape[1], val_idx is not None)
         # Cast first: fitted buffers set in float32 and cast to float64 would
         # keep only float32 accuracy (the standardization would not invert).
         flow = flow.to(device=device, dtype=dtype)
