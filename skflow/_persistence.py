@@ -127,7 +127,6 @@ def write(
     The file is written next to ``path`` and then renamed over it, so a crash
     while saving never leaves a half-written model where a good one was.
     """
-    # Private contiguous CPU copies: safetensors refuses views and shared storage.
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{os.fspath(path)!r} is a directory: save to a file in it.")
@@ -136,6 +135,7 @@ def write(
             f"Cannot save to {os.fspath(path)!r}: the folder {os.fspath(path.parent)!r} does "
             "not exist."
         )
+    # Private contiguous CPU copies: safetensors refuses views and shared storage.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     text = json.dumps({"format_version": FORMAT_VERSION, **header}, sort_keys=True)
     data = _safetensors_bytes(tensors, {_HEADER_KEY: text, _HASH_KEY: _digest(text, tensors)})

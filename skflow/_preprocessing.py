@@ -226,7 +226,8 @@ def standardization(
         w = weights / weights.sum()
         loc = w @ X
         var = w @ np.square(X - loc) + noise_var
-    # A constant continuous column (only with dequantize=False) has no spread.
+    # A constant column without dequantization (dequantize=False or a zero
+    # width for it) has no spread.
     std = np.sqrt(np.where(var > 0, var, 1.0))
     if not whiten or X.shape[1] == 1 or X.shape[0] < 2:  # no covariance to estimate
         return loc, np.diag(std)

@@ -141,7 +141,7 @@ def test_nsf_options_are_validated():
     with pytest.raises(ValueError, match="n_bins"):
         FlowDensity(kind="nsf", kind_options={"n_bins": 1}).fit(X)
     # (1e30: float32 spline bins that wide invert to NaN.)
-    for bound in (0, float("inf"), float("nan"), 1e30, 101):
+    for bound in (0, float("inf"), float("nan"), 1e30, 101, True):
         with pytest.raises(ValueError, match=r"tail_bound must be a number in \(0, 100\]"):
             FlowDensity(kind="nsf", kind_options={"tail_bound": bound}).fit(X)
 

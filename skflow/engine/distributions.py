@@ -124,8 +124,8 @@ class Flow(nn.Module):
     def training_loss(self, x: Tensor) -> Tensor:
         """Per-row loss that training minimizes (and early stopping monitors):
         the negative log-likelihood, unless the last layer has a
-        ``training_loss(x, ladj)`` of its own (a continuous flow trained by
-        flow matching or with regularization). That layer gets ``x`` mapped
+        ``training_loss(x, ladj)`` of its own (a continuous flow: Hutchinson's
+        estimate and regularizers, or flow matching). That layer gets ``x`` mapped
         through the layers in front of it (fixed preprocessing) and their
         log-determinant ``ladj``.
         """

@@ -85,7 +85,11 @@ class RationalQuadraticSplineTransformer:
         # standard deviations its bins are wider than the data's whole range,
         # and float32 inverses lose their accuracy (a bound of 1e8 already
         # misses round trips by a standard deviation).
-        if not (isinstance(tail_bound, Real) and 0 < tail_bound <= MAX_TAIL_BOUND):
+        if not (
+            isinstance(tail_bound, Real)
+            and not isinstance(tail_bound, bool)
+            and 0 < tail_bound <= MAX_TAIL_BOUND
+        ):
             raise ValueError(
                 f"tail_bound must be a number in (0, {MAX_TAIL_BOUND:g}] (standard deviations of "
                 f"the standardized data; 3 or 5 are usual), got {tail_bound!r}."
