@@ -39,6 +39,7 @@ from skflow._preprocessing import (
     _nearest,
     dequantization_widths,
     effective_rows,
+    fixed_noise,
     gaussianizing_knots,
     half_widths,
     noise_cells,
@@ -777,9 +778,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             marginal = cast(PiecewiseLinear, layers[0])
             x_knots, z_knots = gaussianizing_knots(X, half, weights=weights)
             marginal.reset(torch.as_tensor(x_knots), torch.as_tensor(z_knots))
-            # Whiten what the marginal layer outputs, noise included (one
-            # fixed draw, as in gaussianizing_knots).
-            jitter = np.random.RandomState(0).uniform(-0.5, 0.5, size=X.shape) * 2 * half
+            # Whiten what the marginal layer outputs, noise included (the
+            # first of gaussianizing_knots's draws).
+            draws, _ = fixed_noise(half)
+            jitter = draws[0]
             knots = marginal.x_knots  # already on the flow's device
             noisy = torch.as_tensor(X + jitter, dtype=knots.dtype, device=knots.device)
             with torch.no_grad():

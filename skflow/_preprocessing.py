@@ -323,6 +323,16 @@ def _log_marginal(
     return -0.5 * z**2 - _LOG_SQRT_2PI + np.log(slope) - np.log1p(under) - np.log1p(over)
 
 
+def fixed_noise(half: np.ndarray, draws: int = 1) -> tuple[np.ndarray, np.random.RandomState]:
+    """``draws`` copies of dequantization noise, uniform on ``[-half, half]``
+    entry by entry, and the generator they came from (for further draws).
+    The seed is fixed, not fit's ``random_state``: the fixed layers (and so
+    the reported density) depend on the data alone, as a GMM's or KDE's
+    would."""
+    rng = np.random.RandomState(0)
+    return (rng.uniform(size=(draws, *half.shape)) - 0.5) * 2 * half, rng
+
+
 def gaussianizing_knots(
     X: np.ndarray, half: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -343,11 +353,8 @@ def gaussianizing_knots(
     """
     n_rows, n_features = X.shape
     n = effective_rows(n_rows, weights)
-    # A fixed seed, not fit's random_state: the fixed layers (and so the
-    # reported density) depend on the data alone, as a GMM's or KDE's would.
-    rng = np.random.RandomState(0)
     draws = max(1, min(8, _MAX_POOLED // max(n_rows, 1)))
-    noise = (rng.uniform(size=(draws, *X.shape)) - 0.5) * 2 * half
+    noise, rng = fixed_noise(half, draws)
     # A feature without noise has nothing to pool: one copy, whose
     # quantiles and held-out means equal those of the identical copies.
     pooled = [

@@ -205,3 +205,26 @@ def test_stepwise_plan_made_in_inference_mode_serves_autograd():
     x.sum().backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
     torch.testing.assert_close(x.detach(), expected)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_training_steps_use_the_loss_validation_reports(kind):
+    """Training maps rows through the fixed layers once and computes the
+    trained layers' loss apart (_split_loss); that must be the same loss as
+    Flow.training_loss, which validation reports."""
+    import numpy as np
+
+    from skflow import FlowDensity
+    from skflow.engine.training import _split_loss
+
+    options = {"solver": "rk4", "n_steps": 4} if kind == "cnf" else None
+    X = np.random.RandomState(0).normal(size=(64, 4))
+    est = FlowDensity(kind, n_layers=2, hidden_units=8, max_iter=1, kind_options=options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flow = est.fit(X).flow_.eval()
+    rows = torch.tensor(X - est.center_, dtype=torch.float32)
+    inputs, loss = _split_loss(flow, rows, torch.zeros_like(rows), noisy=False)
+    idx = torch.arange(0, 64, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loss(*inputs(idx)), flow.training_loss(rows[idx]).mean())
