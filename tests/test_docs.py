@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import skflow
+from skflow import engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +50,23 @@ def test_public_api_has_parameters_returns_examples(name, obj):
     assert any(line.strip().startswith(">>>") for line in doc["Examples"]), (
         f"{name}: no Examples section with code"
     )
+
+
+@pytest.mark.parametrize("name", [n for n in engine.__all__ if callable(getattr(engine, n))])
+def test_engine_api_has_parameters_returns_examples(name):
+    """The engine's public classes and functions too (their methods: docstrings)."""
+    docscrape = pytest.importorskip("numpydoc.docscrape")
+    obj = getattr(engine, name)
+    doc = docscrape.ClassDoc(obj) if inspect.isclass(obj) else docscrape.FunctionDoc(obj)
+    if inspect.signature(obj).parameters:
+        assert doc["Parameters"] or doc["Attributes"], f"{name}: no Parameters section"
+    if not inspect.isclass(obj):
+        assert doc["Returns"], f"{name}: no Returns section"
+    assert any(line.strip().startswith(">>>") for line in doc["Examples"]), name
+    if inspect.isclass(obj):
+        for attr, member in vars(obj).items():
+            if not attr.startswith("_") and callable(member):
+                assert inspect.getdoc(member), f"{name}.{attr}: no docstring"
 
 
 def test_version_matches_the_installed_metadata():

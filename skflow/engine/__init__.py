@@ -2,7 +2,8 @@
 
 Nothing in this package imports scikit-learn or sees numpy random states; the
 estimator layer (:mod:`skflow._estimator`) converts user input into tensors and
-calls in here.
+calls in here. (numpy and scipy serve a few host-side computations: flow
+matching's optimal-transport pairing and the hashing that keys per-row draws.)
 """
 
 from skflow.engine.device import resolve_device

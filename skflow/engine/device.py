@@ -38,7 +38,27 @@ def resolve_device(device: str | torch.device, dtype: torch.dtype = torch.float3
     ``"auto"`` picks CUDA, then MPS (float32 only: Apple's GPUs have no
     float64), then CPU. An explicit device that this machine does not have,
     or MPS with float64, raises ``ValueError`` rather than silently running
-    somewhere else.
+    somewhere else. A GPU without an index gets the current one's.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        What the user asked for.
+    dtype : torch.dtype, default=torch.float32
+        The precision the device must compute in.
+
+    Returns
+    -------
+    torch.device
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.engine import resolve_device
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("auto").type in ("cuda", "mps", "cpu")
+    True
     """
     float64 = dtype == torch.float64
     if isinstance(device, str) and device == "auto":

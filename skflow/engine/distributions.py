@@ -21,7 +21,23 @@ def std_normal_log_prob(z: Tensor) -> Tensor:
 
 
 class StandardNormal(nn.Module):
-    """Standard normal on ``R^D``; the latent distribution of every flow."""
+    """Standard normal on ``R^D``; the latent distribution of every flow.
+
+    Parameters
+    ----------
+    n_features : int
+        The dimension ``D``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.engine import StandardNormal
+    >>> base = StandardNormal(2)
+    >>> base.log_prob(torch.zeros(1, 2))  # -log(2 pi)
+    tensor([-1.8379])
+    >>> base.sample(3, generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([3, 2])
+    """
 
     _anchor: Tensor
 
@@ -32,10 +48,13 @@ class StandardNormal(nn.Module):
         self.register_buffer("_anchor", torch.zeros(()))
 
     def log_prob(self, z: Tensor) -> Tensor:
+        """Log-density of each row of ``z`` (shape ``(n, D)``): shape ``(n,)``."""
         return std_normal_log_prob(z)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        # Draw on the generator's device (CPU for reproducibility), then move.
+        """``n`` draws, shape ``(n, D)``, in the distribution's dtype and on
+        its device (drawn on ``generator``'s device, so a CPU generator gives
+        the same numbers on any device)."""
         gen_device = generator.device if generator is not None else self._anchor.device
         z = torch.randn(
             n,
@@ -54,7 +73,29 @@ class OwnObjective(Protocol):
 
 
 class Flow(nn.Module):
-    """A normalizing flow: ``log p(x) = log N(T(x)) + log|det dT/dx|``."""
+    """A normalizing flow: ``log p(x) = log N(T(x)) + log|det dT/dx|``.
+
+    Parameters
+    ----------
+    transform : Transform
+        The bijection ``T`` from data to latent, e.g. from
+        :func:`~skflow.engine.build_transform`.
+    base : StandardNormal
+        The latent distribution, of the transform's dimension.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.engine import Flow, StandardNormal, build_transform
+    >>> _ = torch.manual_seed(0)
+    >>> flow = Flow(build_transform("maf", 3, n_layers=2, hidden_units=(16,)), StandardNormal(3))
+    >>> x = torch.randn(5, 3)
+    >>> flow.log_prob(x).shape
+    torch.Size([5])
+    >>> with torch.no_grad():
+    ...     flow.sample(4, generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([4, 3])
+    """
 
     dequantization: Tensor
 

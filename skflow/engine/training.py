@@ -32,18 +32,40 @@ ACTNORM_INIT_ROWS = 4096
 class TrainingResult:
     """What happened during :func:`train_flow`.
 
-    ``loss_curve`` holds the mean training loss of each epoch (negative
-    log-likelihood, unless the flow has its own objective: see
-    :meth:`Flow.training_loss`); ``validation_scores`` minus the validation
-    loss after each epoch (empty without validation data). ``best_epoch`` is
-    the epoch whose weights were kept (0: the starting weights, which no
-    epoch beat on validation data; without validation data the last epoch,
-    or after a divergence the one of lowest training loss) and ``best_score``
-    its monitored score (validation score, or minus its mean training loss
-    without validation data).
-    ``stop_reason`` is one of ``"converged"``, ``"max_iter"``, ``"max_time"``
-    or ``"diverged"``.
-    ``compile_error`` says why ``compile=True`` fell back to eager execution.
+    Attributes
+    ----------
+    loss_curve : list of float
+        Mean training loss of each epoch (negative log-likelihood, unless
+        the flow has its own objective: see :meth:`Flow.training_loss`).
+    validation_scores : list of float
+        Minus the validation loss after each epoch (empty without
+        validation data).
+    n_iter : int
+        Epochs run.
+    best_epoch : int
+        The epoch whose weights were kept (0: the starting weights, which
+        no epoch beat on validation data; without validation data the last
+        epoch, or after a divergence the one of lowest training loss).
+    best_score : float
+        Its monitored score (validation score, or minus its mean training
+        loss without validation data).
+    stop_reason : str
+        ``"converged"``, ``"max_iter"``, ``"max_time"`` or ``"diverged"``.
+    compile_error : str or None
+        Why ``compile=True`` fell back to eager execution.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.engine import Flow, StandardNormal, build_transform, train_flow
+    >>> _ = torch.manual_seed(0)
+    >>> flow = Flow(build_transform("realnvp", 2, n_layers=2, hidden_units=(8,)), StandardNormal(2))
+    >>> X = torch.randn(200, 2)
+    >>> result = train_flow(flow, X[:160], X[160:], max_iter=3, batch_size=32, learning_rate=1e-3)
+    >>> result.n_iter, len(result.loss_curve), len(result.validation_scores)
+    (3, 3, 3)
+    >>> result.stop_reason
+    'max_iter'
     """
 
     loss_curve: list[float] = field(default_factory=list)
@@ -520,6 +542,18 @@ def train_flow(
     TrainingResult
         Epochs run, loss and validation curves, best epoch and score, why
         training stopped.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.engine import Flow, StandardNormal, build_transform, train_flow
+    >>> _ = torch.manual_seed(0)
+    >>> flow = Flow(build_transform("maf", 2, n_layers=3, hidden_units=(32,)), StandardNormal(2))
+    >>> X = torch.randn(1000, 2) * torch.tensor([1.0, 0.1])  # a narrow Gaussian
+    >>> result = train_flow(flow, X[:800], X[800:], max_iter=50, batch_size=100, learning_rate=1e-2)
+    >>> # Untrained (a standard normal): -2.34 nats per row; the truth: -0.54.
+    >>> result.best_score > -0.7
+    True
     """
     for name, rows in (("X_train", X_train), ("X_val", X_val)):
         if rows is None:

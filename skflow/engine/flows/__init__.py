@@ -61,7 +61,35 @@ def _positive_int(value: object) -> bool:
 
 
 def build_transform(kind: str, n_features: int, **options: object) -> Transform:
-    """Build the transform of flow family ``kind`` for ``n_features`` features."""
+    """Build the transform of flow family ``kind`` for ``n_features`` features.
+
+    Parameters
+    ----------
+    kind : str
+        A key of :data:`KINDS` (``"maf"``, ``"nsf"``, ``"cnf"``, ...).
+    n_features : int
+        Dimension of the data.
+    **options
+        ``n_layers`` (required), ``hidden_units`` (a sequence of widths;
+        ``()`` for linear conditioners) and the kind's own options
+        (:func:`kind_options`; the kinds guide lists them).
+
+    Returns
+    -------
+    Transform
+        The bijection from data to latent; wrap it in a
+        :class:`~skflow.engine.Flow` for densities and samples.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skflow.engine import build_transform
+    >>> t = build_transform("nsf", 3, n_layers=2, hidden_units=(16,), n_bins=4)
+    >>> z, log_det = t(torch.randn(5, 3))
+    >>> z.shape, log_det.shape
+    (torch.Size([5, 3]), torch.Size([5]))
+    >>> x, _ = t.inverse(z)  # back to the data
+    """
     builder, allowed = _builder(kind), kind_options(kind)
     if "n_layers" not in options:
         raise ValueError("build_transform needs n_layers (the number of layers or blocks).")
