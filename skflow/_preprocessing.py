@@ -21,17 +21,27 @@ MAX_DISTINCT_FRACTION = 0.5
 # few coincidental repeats are not worth dequantization noise at every step
 # (and its cost: the fixed layers then run at every step).
 MIN_POINT_MASS = 0.01
-# Values of a column closer than this fraction of its range are one value
+# Values of a column closer than this fraction of its spread are one value
 # written two ways (floating-point round-off: a pendigits column holds
 # "zeros" 2e-16 apart), not a resolution to dequantize at.
 SAME_VALUE_RTOL = 1e-9
 
 
+def _spread(column: np.ndarray) -> float:
+    """A scale of ``column`` that a few extreme values do not set: its
+    interquartile range, or for a column mostly at one value its mean
+    absolute deviation from the median (0 only for a constant column)."""
+    low, median, high = np.percentile(column, [25, 50, 75])
+    return float(high - low) if high > low else float(np.mean(np.abs(column - median)))
+
+
 def _distinct(column: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Sorted distinct values of ``column`` (near-equal ones merged, the
-    smallest kept), their counts, and the merging tolerance."""
+    smallest kept), their counts, and the merging tolerance. (The tolerance
+    follows the column's spread, not its range: two glitch rows at 1e12
+    would otherwise merge every ordinary reading into one value.)"""
     values, counts = np.unique(column, return_counts=True)
-    tol = SAME_VALUE_RTOL * float(values[-1] - values[0]) if values.size else 0.0
+    tol = SAME_VALUE_RTOL * _spread(column) if values.size > 1 else 0.0
     if values.size > 1:
         first = np.r_[True, np.diff(values) > tol]
         counts = np.bincount(np.cumsum(first) - 1, weights=counts).astype(int)

@@ -28,6 +28,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
         (np.random.RandomState(0).randn(500), 0.0),  # continuous
         (np.round(np.random.RandomState(0).randn(500) * 1000), 0.0),  # lattice, no repeats
         (np.r_[np.zeros(400), np.random.RandomState(0).gamma(2.0, size=200)], None),  # spike
+        # Glitch rows set the range, not what counts as one value: readings
+        # stay distinct (a tolerance of 1e-9 of the range merged them all).
+        (np.r_[np.random.RandomState(0).randn(500), [1e7] * 3], 0.0),
+        (np.r_[20 + 5 * np.random.RandomState(0).randn(500), [1e12] * 2], 0.0),
+        (np.r_[np.zeros(400), 1e-16, np.arange(1.0, 100.0)], 1.0),  # round-off "zeros" merge
     ],
 )
 def test_lattice_width(column, expected):
