@@ -100,6 +100,13 @@ def test_constructors_refuse_empty_shapes():
             build_transform(kind, 3, hidden_units=(8,))
     with pytest.raises(ValueError, match="at least 2 knots"):
         PiecewiseLinear(torch.zeros(2, 1), torch.zeros(2, 1))
+    # Distinct in float64, one value in the layer's float32: refused, not a
+    # 0/0 slope (a NaN log-determinant).
+    knots = torch.tensor([[0.0, 1e12, 1e12 + 1.0]], dtype=torch.float64)
+    z = torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float64)
+    layer = PiecewiseLinear(z.float(), z.float())  # (float32 buffers)
+    with pytest.raises(ValueError, match="x_knots must be finite and strictly increasing in"):
+        layer.reset(knots, z)
 
 
 def test_train_flow_refuses_bad_rows_and_settings():

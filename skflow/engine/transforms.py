@@ -222,12 +222,18 @@ class PiecewiseLinear(Transform):
         """Set the knots; both must be strictly increasing along the last axis."""
         if x_knots.shape[-1] < 2:
             raise ValueError("PiecewiseLinear needs at least 2 knots per feature.")
+        # Checked in the layer's dtype, cast before the copy to the buffers'
+        # device (MPS has no float64): knots 1 apart at 1e12 are distinct in
+        # float64 but one value in float32, a 0/0 slope.
+        x_knots, z_knots = x_knots.to(self.x_knots.dtype), z_knots.to(self.z_knots.dtype)
         for name, k in (("x_knots", x_knots), ("z_knots", z_knots)):
             if not bool((k.diff(dim=-1) > 0).all()) or not bool(torch.isfinite(k).all()):
-                raise ValueError(f"PiecewiseLinear {name} must be finite and strictly increasing.")
-        # Cast before the copy to the buffers' device (MPS has no float64).
-        self.x_knots.copy_(x_knots.to(self.x_knots.dtype))
-        self.z_knots.copy_(z_knots.to(self.z_knots.dtype))
+                raise ValueError(
+                    f"PiecewiseLinear {name} must be finite and strictly increasing in "
+                    f"{self.x_knots.dtype}."
+                )
+        self.x_knots.copy_(x_knots)
+        self.z_knots.copy_(z_knots)
 
     @staticmethod
     def _segments(v: Tensor, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
