@@ -25,6 +25,12 @@ MIN_POINT_MASS = 0.01
 # written two ways (floating-point round-off: a pendigits column holds
 # "zeros" 2e-16 apart), not a resolution to dequantize at.
 SAME_VALUE_RTOL = 1e-9
+# The marginal map's linear stretch beyond the data spans at most this many
+# normal units (a 1e-3 standard deviation knot floor bounds it near this).
+MAX_LINEAR_TAIL = 1e3
+# Knots of the marginal map at least this fraction of their size apart:
+# about 80 float32 steps, so that they stay distinct in the flow's float32.
+FLOAT32_RGAP = 1e-5
 
 
 def _spread(column: np.ndarray) -> float:
@@ -273,13 +279,13 @@ def _mean_std(col: np.ndarray, w: np.ndarray | None) -> tuple[float, float]:
 
 
 def _quantile_knots(
-    col: np.ndarray, n: float, w: np.ndarray | None = None
+    col: np.ndarray, n: float, w: np.ndarray | None = None, cell: float = np.inf
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Knots of the map of one feature (``col``: its pooled values from ``n``
-    rows, or effective rows under weights ``w``) from smoothed quantiles to
-    normal quantiles: ``x`` knots, their normal quantiles, and their plain
-    standardization (the two ``z`` knot sets that :func:`_quantile_map`
-    blends)."""
+    rows, or effective rows under weights ``w``; ``cell`` its narrowest
+    dequantization cell) from smoothed quantiles to normal quantiles: ``x``
+    knots, their normal quantiles, and their plain standardization (the two
+    ``z`` knot sets that :func:`_quantile_map` blends)."""
     n_bins = int(np.clip(round(2 * n ** (1 / 3)), 4, N_KNOTS - 3))
     p_lo, p_hi = 0.5 / n, 1 - 0.5 / n
     p_coarse = np.linspace(p_lo, p_hi, n_bins + 1)
@@ -288,28 +294,69 @@ def _quantile_knots(
     mean, spread = _mean_std(col, w)
     spread = spread if spread > 0 else 1.0
     x_coarse = weighted_quantile(col, p_coarse, w)
+    # The column's scale: its standard deviation, or the interquartile
+    # range's normal equivalent where a heavy tail or a few far-out rows
+    # inflate that (a log-normal column's bulk lies within a sliver of it).
+    quartiles = weighted_quantile(col, [0.25, 0.75], w)
+    robust = float(quartiles[1] - quartiles[0]) / 1.349
+    scale = robust if 0 < robust < spread / 4 else spread
     # Ties (a point mass off any lattice) would give an infinite slope:
-    # keep knots at least 1e-3 standard deviations apart.
-    step = 1e-3 * spread * np.arange(n_bins + 1)
-    x_coarse = np.maximum.accumulate(x_coarse - step) + step
+    # keep knots at least 1e-3 of the scale apart, or closer where a narrow
+    # cell must hold the knots of its value's share (a value imputed into
+    # 20% of the rows lost most of its cell's mass to a wider floor).
+    step = min(1e-3 * scale, cell / n_bins) * np.arange(n_bins + 1)
+    spaced = np.diff(x_coarse) >= np.maximum(step[1], FLOAT32_RGAP * np.abs(x_coarse[:-1]))
+    if spaced.all():  # (the same knots up to round-off)
+        x_coarse = np.maximum.accumulate(x_coarse - step) + step
+    else:
+        x_coarse = _spread_ties(x_coarse, step[1])
     x_fine = np.interp(p_fine, p_coarse, x_coarse)
     # Beyond the data, continue with the mean slope of the outer 10% of the mass.
     tail = max(1, int(0.1 * (N_KNOTS - 2)))
     lo = (z_fine[tail] - z_fine[0]) / (x_fine[tail] - x_fine[0])
     hi = (z_fine[-1] - z_fine[-1 - tail]) / (x_fine[-1] - x_fine[-1 - tail])
-    # One standard deviation of linear tail, then the map's logarithmic tails.
-    reach = spread
-    x_knots = np.concatenate([[x_fine[0] - reach], x_fine, [x_fine[-1] + reach]])
-    z_knots = np.concatenate([[z_fine[0] - reach * lo], z_fine, [z_fine[-1] + reach * hi]])
+    # One standard deviation of linear tail, then the map's logarithmic
+    # tails; but at most MAX_LINEAR_TAIL normal units (a steep end segment
+    # over a heavy tail's deviation put the end knot a billion units out,
+    # where float32 interpolation cancels) and float32-distinct.
+    reach_lo = max(min(spread, MAX_LINEAR_TAIL / lo), FLOAT32_RGAP * abs(x_fine[0]))
+    reach_hi = max(min(spread, MAX_LINEAR_TAIL / hi), FLOAT32_RGAP * abs(x_fine[-1]))
+    x_knots = np.concatenate([[x_fine[0] - reach_lo], x_fine, [x_fine[-1] + reach_hi]])
+    z_knots = np.concatenate([[z_fine[0] - reach_lo * lo], z_fine, [z_fine[-1] + reach_hi * hi]])
     return x_knots, z_knots, (x_knots - mean) / spread
 
 
+def _spread_ties(knots: np.ndarray, gap: float) -> np.ndarray:
+    """Sorted ``knots`` moved apart to at least ``gap`` (and ``FLOAT32_RGAP``
+    of their size, so that float32 tells them apart). A run of tied knots
+    inside the data spreads evenly around its value rather than all to its
+    right (which moved a point mass's share off its value); a run at the
+    smallest (largest) value spreads inwards, where the data are."""
+
+    def gap_at(v: float) -> float:
+        return max(gap, FLOAT32_RGAP * abs(v))
+
+    def pushed_up(x: np.ndarray) -> np.ndarray:
+        x = x.copy()
+        for i in range(1, len(x)):
+            x[i] = max(x[i], x[i - 1] + gap_at(x[i - 1]))
+        return x
+
+    up = pushed_up(knots)
+    down = -pushed_up(-knots[::-1])[::-1]
+    middle = (up + down) / 2
+    middle[knots == knots[0]] = up[knots == knots[0]]
+    middle[knots == knots[-1]] = down[knots == knots[-1]]
+    # (The extreme runs' ends next to the middle ones may sit too close.)
+    return pushed_up(middle)
+
+
 def _quantile_map(
-    col: np.ndarray, n: float, shrink: float, w: np.ndarray | None
+    col: np.ndarray, n: float, shrink: float, w: np.ndarray | None, cell: float = np.inf
 ) -> tuple[np.ndarray, np.ndarray]:
     """Knots of the quantile map of one feature blended with plain
     standardization with weight ``shrink`` (1 = standardization only)."""
-    x_knots, z_knots, linear = _quantile_knots(col, n, w)
+    x_knots, z_knots, linear = _quantile_knots(col, n, w, cell)
     return x_knots, (1 - shrink) * z_knots + shrink * linear
 
 
@@ -391,6 +438,8 @@ def gaussianizing_knots(
     x_knots = np.empty((n_features, N_KNOTS))
     z_knots = np.empty((n_features, N_KNOTS))
     for j in range(n_features):
+        cells = 2 * half[:, j][half[:, j] > 0]
+        cell = float(cells.min()) if cells.size else np.inf
         halves = [pooled[j][:, folds == k] for k in (0, 1)]
         half_w = [weights_of(h, folds == k) for k, h in enumerate(halves)]
         scores = [0.0] * len(candidates)
@@ -398,7 +447,7 @@ def gaussianizing_knots(
             for k in (0, 1):
                 # The candidates share the x knots (and so the quantiles and
                 # the segment of each held-out value); only the z knots differ.
-                x_k, z_k, linear = _quantile_knots(halves[k].ravel(), n_fold[k], half_w[k])
+                x_k, z_k, linear = _quantile_knots(halves[k].ravel(), n_fold[k], half_w[k], cell)
                 held = halves[1 - k].ravel()
                 idx = _segments(held, x_k)
                 for c, shrink in enumerate(candidates):
@@ -408,5 +457,7 @@ def gaussianizing_knots(
                     )
         best = int(np.argmax(scores))
         shrink = SHRINK_ROWS / (SHRINK_ROWS + n) if best == 0 else candidates[best]
-        x_knots[j], z_knots[j] = _quantile_map(pooled[j].ravel(), n, shrink, weights_of(pooled[j]))
+        x_knots[j], z_knots[j] = _quantile_map(
+            pooled[j].ravel(), n, shrink, weights_of(pooled[j]), cell
+        )
     return x_knots, z_knots
