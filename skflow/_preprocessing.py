@@ -29,8 +29,11 @@ SAME_VALUE_RTOL = 1e-9
 # normal units (a 1e-3 standard deviation knot floor bounds it near this).
 MAX_LINEAR_TAIL = 1e3
 # Knots of the marginal map at least this fraction of their size apart:
-# about 80 float32 steps, so that they stay distinct in the flow's float32.
+# about 80 float32 steps, so that they stay distinct in the flow's float32;
+# and at least this fraction of the column's scale (however tiny the
+# dequantization cells a user sets: slopes across the gap stay finite).
 FLOAT32_RGAP = 1e-5
+MIN_KNOT_GAP = 1e-20
 
 
 def _spread(column: np.ndarray) -> float:
@@ -304,9 +307,8 @@ def _quantile_knots(
     # keep knots at least 1e-3 of the scale apart, or closer where a narrow
     # cell must hold the knots of its value's share (a value imputed into
     # 20% of the rows lost most of its cell's mass to a wider floor).
-    step = min(1e-3 * scale, cell / n_bins) * np.arange(n_bins + 1)
-    spaced = np.diff(x_coarse) >= np.maximum(step[1], FLOAT32_RGAP * np.abs(x_coarse[:-1]))
-    if spaced.all():  # (the same knots up to round-off)
+    step = max(min(1e-3 * scale, cell / n_bins), MIN_KNOT_GAP * scale) * np.arange(n_bins + 1)
+    if _float32_distinct(x_coarse, step[1]):  # (the same knots up to round-off)
         x_coarse = np.maximum.accumulate(x_coarse - step) + step
     else:
         x_coarse = _spread_ties(x_coarse, step[1])
@@ -323,7 +325,16 @@ def _quantile_knots(
     reach_hi = max(min(spread, MAX_LINEAR_TAIL / hi), FLOAT32_RGAP * abs(x_fine[-1]))
     x_knots = np.concatenate([[x_fine[0] - reach_lo], x_fine, [x_fine[-1] + reach_hi]])
     z_knots = np.concatenate([[z_fine[0] - reach_lo * lo], z_fine, [z_fine[-1] + reach_hi * hi]])
-    return x_knots, z_knots, (x_knots - mean) / spread
+    # Plain standardization of those knots: a gap of the robust scale can
+    # vanish in float32 once divided by a heavy tail's deviation.
+    linear = (x_knots - mean) / spread
+    if not _float32_distinct(linear, 1e-6):
+        linear = _spread_ties(linear, 1e-6)
+    return x_knots, z_knots, linear
+
+
+def _float32_distinct(knots: np.ndarray, gap: float) -> bool:
+    return bool(np.all(np.diff(knots) >= np.maximum(gap, FLOAT32_RGAP * np.abs(knots[:-1]))))
 
 
 def _spread_ties(knots: np.ndarray, gap: float) -> np.ndarray:

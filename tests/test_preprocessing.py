@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -236,3 +238,25 @@ def test_glitch_rows_leave_the_readings_density():
     scores = est.score_samples([[15.0, 0.0], [20.0, 0.0], [25.0, 0.0]])
     reference = -0.5 * np.log(2 * np.pi * 25) - 0.5 * np.log(2 * np.pi) - 0.5 * np.array([1, 0, 1])
     assert np.all(np.abs(scores - reference) < 1.5), scores
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_standardized_knots_stay_float32_distinct_on_heavy_tails(seed):
+    """A knot gap of the robust scale, divided by a heavy tail's standard
+    deviation, must not tie the plain-standardization candidate's knots in
+    float32 (fit raised for some seeds of this table)."""
+    rng = np.random.RandomState(seed)
+    X = np.c_[rng.choice([-1, 1], 200) * rng.lognormal(0, 8, 200), rng.normal(size=200)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # (no log(0) of a tied slope)
+        est = _untrained(X)
+    assert np.isfinite(est.score_samples(X)).all()
+
+
+@pytest.mark.parametrize("width", [1e-40, 1e-300])
+def test_tiny_user_widths_fit(width):
+    """Dequantization widths far below float32's normal range still give
+    knots that float32 tells apart and finite slopes."""
+    X = np.c_[np.random.RandomState(0).poisson(3, 300), np.random.RandomState(1).normal(size=300)]
+    est = _untrained(X, dequantize=np.array([width, 0.0]))
+    assert np.isfinite(est.score_samples(X)).all()
