@@ -1192,13 +1192,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             loss_curve = self.loss_curve_ + result.loss_curve
             # One score per epoch once any fit validated (NaN where none did).
             earlier = self.validation_scores_
-            if earlier is not None or self.early_stopping:
-                scores = earlier or [math.nan] * previous
-                scores = scores + (
-                    result.validation_scores if self.early_stopping else [math.nan] * result.n_iter
-                )
-            else:
-                scores = None
+            own = result.validation_scores if self.early_stopping else [math.nan] * result.n_iter
+            validated = earlier is not None or self.early_stopping
+            scores = (earlier or [math.nan] * previous) + own if validated else None
             lattice_range = self.lattice_range_
         else:
             loss_curve = result.loss_curve
