@@ -195,14 +195,20 @@ def weighted_quantile(values: np.ndarray, q, weights: np.ndarray | None = None):
     if weights is None:
         return np.quantile(values, q)
     order = np.argsort(values, kind="stable")
-    w = weights[order] * (values.size / weights.sum())
-    # Each value's span of positions, centred where its copies would be.
-    centre = np.cumsum(w) - w / 2 - 0.5
-    half = np.maximum(w - 1, 0) / 2
-    positions = np.column_stack([centre - half, centre + half]).ravel()
+    positions = np.column_stack(_positions(weights[order])).ravel()
     # (A value's two ends coincide when w <= 1; np.interp takes either, both
     # hold the same value. Beyond the first and last ends it clamps.)
     return np.interp(np.asarray(q) * (values.size - 1), positions, np.repeat(values[order], 2))
+
+
+def _positions(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last of the ``n - 1`` positions that each of ``n`` sorted
+    values spans under ``weights`` (see :func:`weighted_quantile`)."""
+    w = weights * (weights.size / weights.sum())
+    # Each value's span of positions, centred where its copies would be.
+    centre = np.cumsum(w) - w / 2 - 0.5
+    half = np.maximum(w - 1, 0) / 2
+    return centre - half, centre + half
 
 
 def weighted_lower_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -264,6 +270,11 @@ def standardization(
 
 
 N_KNOTS = 128
+# An empty stretch of a column wider than this many times its distance from
+# the median (and its scale) separates a few far-off rows (a sentinel such as
+# 9999, a glitch) from the bulk: the map gets knots at both of its ends.
+GAP_RATIO = 10.0
+MAX_GAPS_PER_SIDE = 2
 # Weight of plain standardization in the quantile map: SHRINK_ROWS / (SHRINK_ROWS + n)
 # (measured on small real tables: 0 overfits ~100-row tables, 300 underfits ~400-row ones).
 SHRINK_ROWS = 100.0
@@ -292,22 +303,28 @@ def _quantile_knots(
     n_bins = int(np.clip(round(2 * n ** (1 / 3)), 4, N_KNOTS - 3))
     p_lo, p_hi = 0.5 / n, 1 - 0.5 / n
     p_coarse = np.linspace(p_lo, p_hi, n_bins + 1)
-    p_fine = np.linspace(p_lo, p_hi, N_KNOTS - 2)
-    z_fine = ndtri(p_fine)
     mean, spread = _mean_std(col, w)
     spread = spread if spread > 0 else 1.0
-    x_coarse = weighted_quantile(col, p_coarse, w)
     # The column's scale: its standard deviation, or the interquartile
     # range's normal equivalent where a heavy tail or a few far-out rows
     # inflate that (a log-normal column's bulk lies within a sliver of it).
     quartiles = weighted_quantile(col, [0.25, 0.75], w)
     robust = float(quartiles[1] - quartiles[0]) / 1.349
     scale = robust if 0 < robust < spread / 4 else spread
+    # Knots at the ends of wide empty gaps: a coarse bin across one spread
+    # its share of the bulk over the gap (0.2% of rows at 9999 in an
+    # N(20, 5) column cost rows beyond 2 deviations 3 nats each).
+    ends = _gap_ends(col, w, quartiles, scale)
+    ends = ends[(ends > p_lo) & (ends < p_hi)]
+    p_coarse = np.union1d(p_coarse, ends)
+    p_fine = _with_points(np.linspace(p_lo, p_hi, N_KNOTS - 2), ends)
+    z_fine = ndtri(p_fine)
+    x_coarse = weighted_quantile(col, p_coarse, w)
     # Ties (a point mass off any lattice) would give an infinite slope:
     # keep knots at least 1e-3 of the scale apart, or closer where a narrow
     # cell must hold the knots of its value's share (a value imputed into
     # 20% of the rows lost most of its cell's mass to a wider floor).
-    step = max(min(1e-3 * scale, cell / n_bins), MIN_KNOT_GAP * scale) * np.arange(n_bins + 1)
+    step = max(min(1e-3 * scale, cell / n_bins), MIN_KNOT_GAP * scale) * np.arange(p_coarse.size)
     if _float32_distinct(x_coarse, step[1]):  # (the same knots up to round-off)
         x_coarse = np.maximum.accumulate(x_coarse - step) + step
     else:
@@ -331,6 +348,45 @@ def _quantile_knots(
     if not _float32_distinct(linear, 1e-6):
         linear = _spread_ties(linear, 1e-6)
     return x_knots, z_knots, linear
+
+
+def _gap_ends(
+    col: np.ndarray, w: np.ndarray | None, quartiles: np.ndarray, scale: float
+) -> np.ndarray:
+    """Quantile levels (as :func:`weighted_quantile` places them) of both
+    ends of the innermost ``MAX_GAPS_PER_SIDE`` empty gaps of ``col`` beyond
+    each quartile that are ``GAP_RATIO`` times wider than their distance
+    from the quartiles' midpoint and than ``scale``."""
+    reach = GAP_RATIO * scale
+    if col.max() - quartiles[1] <= reach and quartiles[0] - col.min() <= reach:
+        return np.empty(0)  # (no gap fits: spares the sort)
+    order = np.argsort(col, kind="stable")
+    values = col[order]
+    if w is None:
+        lower = upper = np.arange(values.size, dtype=float)
+    else:
+        lower, upper = _positions(w[order])
+    mid = float(np.mean(quartiles))
+    gaps = np.diff(values)
+    near = np.maximum(np.maximum(values[:-1] - mid, mid - values[1:]), scale)
+    wide = gaps > GAP_RATIO * near
+    above = np.flatnonzero(wide & (values[:-1] >= quartiles[1]))[:MAX_GAPS_PER_SIDE]
+    below = np.flatnonzero(wide & (values[1:] <= quartiles[0]))[::-1][:MAX_GAPS_PER_SIDE]
+    at = np.concatenate([above, below])
+    levels = np.concatenate([upper[at], lower[at + 1]]) / max(values.size - 1, 1)
+    return np.unique(levels)
+
+
+def _with_points(grid: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Sorted ``grid`` with each of ``points`` in place of its nearest
+    interior node not already replaced (so the count stays the same)."""
+    grid = grid.copy()
+    free = np.ones(grid.size, dtype=bool)
+    free[[0, -1]] = False
+    for point in points:
+        i = np.flatnonzero(free)[np.argmin(np.abs(grid[free] - point))]
+        grid[i], free[i] = point, False
+    return np.sort(grid)
 
 
 def _float32_distinct(knots: np.ndarray, gap: float) -> bool:
