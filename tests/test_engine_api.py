@@ -167,6 +167,18 @@ def test_torch_func_gradients_match_autograd(kind):
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
+def test_vmap_of_the_planar_inverse():
+    # Its Newton solve stops on a value test, which vmap cannot trace: under
+    # torch.func it runs its fixed iteration budget instead.
+    layers = build_transform("planar", 3, n_layers=2).double()
+    z = torch.randn(6, 3, dtype=torch.float64)
+    x, ladj = layers.inverse(z)
+    got = torch.func.vmap(lambda v: layers.inverse(v[None])[0][0])(z)
+    torch.testing.assert_close(got, x, rtol=1e-12, atol=1e-12)
+    jac = torch.func.vmap(torch.func.jacrev(lambda v: layers.inverse(v[None])[0][0]))(z)
+    torch.testing.assert_close(torch.linalg.slogdet(jac)[1], ladj, rtol=1e-10, atol=1e-10)
+
+
 def test_torch_func_through_the_marginal_map():
     # The estimator's flows start with a PiecewiseLinear layer: vmap must
     # batch its knot search (both paths: per row, searchsorted; per chunk

@@ -47,6 +47,8 @@ def test_vector_glow_starts_without_mixing():
         ({"image_shape": (4, 2, 2)}, "divisible by 2 \\*\\* n_levels = 4"),
         ({"image_shape": (1, 4, 4), "n_levels": 3}, "divisible by 2 \\*\\* n_levels = 8"),
         ({"image_shape": (4, 4)}, "three positive ints"),
+        ({"image_shape": 16}, r"three positive ints .*got 16 "),
+        ({"image_shape": "1x4x4"}, "three positive ints .*got '1x4x4'"),
         ({"image_shape": (1, 4, 4), "n_levels": 0}, "n_levels must be a positive int"),
         # (n_levels=2, the image default, is accepted: saved models hold it.)
         ({"n_levels": 3}, r"n_levels=3 sets the scales of image Glow: pass image_shape"),
@@ -138,6 +140,17 @@ def test_actnorm_initializes_from_first_training_batch():
     layer.load_state_dict(ActNorm(3).state_dict())
     layer(x)
     torch.testing.assert_close(layer.loc.detach().flatten(), x.mean(0), atol=1e-5, rtol=0)
+
+
+def test_actnorm_skips_an_empty_batch():
+    # An empty batch has no statistics: initializing from it set loc to NaN
+    # for good (and every later score with it).
+    layer = ActNorm(3).train()
+    layer(torch.zeros(0, 3))
+    assert not layer.initialized
+    x = torch.randn(50, 3) * 4 + 2
+    z, _ = layer(x)
+    assert layer.initialized and torch.isfinite(z).all()
 
 
 def test_actnorm_image_statistics_per_channel():

@@ -140,6 +140,9 @@ def test_nsf_options_are_validated():
         FlowDensity(kind="nsf", kind_options={"variant": "spline"}).fit(X)
     with pytest.raises(ValueError, match="n_bins"):
         FlowDensity(kind="nsf", kind_options={"n_bins": 1}).fit(X)
+    # (The bins' minimum width is no kind option: the message says what to set.)
+    with pytest.raises(ValueError, match="n_bins=1000 bins .* use at most 999 bins"):
+        FlowDensity(kind="nsf", kind_options={"n_bins": 1000}).fit(X)
     # (1e30: float32 spline bins that wide invert to NaN.)
     for bound in (0, float("inf"), float("nan"), 1e30, 101, True):
         with pytest.raises(ValueError, match=r"tail_bound must be a number in \(0, 100\]"):

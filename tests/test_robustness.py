@@ -373,9 +373,14 @@ INVALID_PARAMS = [
     (dict(random_state="seed"), r"'random_state' parameter"),
     (dict(kind_options=[1]), r"'kind_options' parameter .* None or an instance of 'dict'"),
     (dict(hidden_units=(8, -1)), r"hidden_units must be .*a positive int or a tuple"),
-    # (bools pass as Integral to scikit-learn's validation)
-    (dict(hidden_units=True), r"hidden_units must be .*a positive int"),
-    (dict(n_layers=True), r"^n_layers must be a positive int, got True"),
+    # (bools pass as Integral and Real to scikit-learn's validation)
+    (dict(hidden_units=True), r"'hidden_units' parameter .* a number, not a bool"),
+    (dict(n_layers=True), r"'n_layers' parameter .* a number, not a bool; got True"),
+    (dict(max_iter=True), r"'max_iter' parameter .* not a bool"),
+    (dict(batch_size=True), r"'batch_size' parameter .* not a bool"),
+    (dict(max_time=True), r"'max_time' parameter .* not a bool"),
+    (dict(learning_rate=True), r"'learning_rate' parameter .* not a bool"),
+    (dict(hidden_units=(8, True)), r"hidden_units must be .*a positive int or a tuple"),
     (dict(device="tpu"), r"device='tpu'"),
 ]
 

@@ -95,7 +95,11 @@ class RationalQuadraticSplineTransformer:
                 f"the standardized data; 3 or 5 are usual), got {tail_bound!r}."
             )
         if min_bin_width * n_bins >= 1 or min_bin_height * n_bins >= 1:
-            raise ValueError("min_bin_width and min_bin_height must be below 1 / n_bins.")
+            top = math.ceil(1 / max(min_bin_width, min_bin_height)) - 1
+            raise ValueError(
+                f"n_bins={n_bins} bins cannot each hold the minimum width {min_bin_width:g} "
+                f"and height {min_bin_height:g}: use at most {top} bins (or smaller minimums)."
+            )
         if not 0 < min_derivative < 1:
             raise ValueError(f"min_derivative must be in (0, 1), got {min_derivative}.")
         self.n_bins: int = n_bins

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -23,6 +24,7 @@ from skflow.engine.device import EVAL_CHUNK, eval_chunk
 from skflow.engine.distributions import Flow, OwnObjective
 from skflow.engine.ode import SolverUnderflow, underflow_as_error
 from skflow.engine.rng import draw, drawing_from
+from skflow.engine.rng import noise_generator as current_generator
 from skflow.engine.transforms import ActNorm, Compose
 
 ACTNORM_INIT_ROWS = 4096
@@ -383,6 +385,22 @@ def _compile_soft(
     return compiled
 
 
+@contextmanager
+def _draws_undone(device: torch.device) -> Iterator[None]:
+    """Within the block, the engine's noise draws (see ``drawing_from``)
+    leave no trace: the generator, or torch's global one, is restored."""
+    generator = current_generator()
+    if generator is None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+        return
+    state = generator.get_state()
+    try:
+        yield
+    finally:
+        generator.set_state(state)
+
+
 def _noise_half_widths(
     flow: Flow,
     X_train: Tensor,
@@ -610,8 +628,11 @@ def train_flow(
             )
         elif compile:
             flow.train()
-            first = batch_inputs(torch.arange(batch_size, device=X_train.device))
-            batch_loss = _compile_soft(batch_loss, first, flow, result)
+            # The warm-up's draws (dequantization noise, flow matching's)
+            # are given back: compiling changes round-off, not the fit.
+            with _draws_undone(X_train.device):
+                first = batch_inputs(torch.arange(batch_size, device=X_train.device))
+                batch_loss = _compile_soft(batch_loss, first, flow, result)
         try:
             best_score = (
                 validation_score(flow, X_val, weights=w_val) if X_val is not None else -math.inf

@@ -191,6 +191,23 @@ def _search(knots: Tensor, v: Tensor) -> Tensor:
     return base.add_(knots.gather(1, base) < v)
 
 
+# Whether a torch.func transform (vmap, grad, jacrev) is tracing the call; a
+# private hook of torch's, so absent means "cannot tell" (never refuse).
+functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def refuse_functorch(what: str, why: str) -> None:
+    """Raise a clear ``NotImplementedError`` when called under a torch.func
+    transform (else a "data-dependent control flow" or "batching rule not
+    implemented" error from deep inside)."""
+    if functorch_active():
+        raise NotImplementedError(
+            f"{what} does not support torch.func transforms (vmap, grad, jacrev) here: {why}. "
+            "Use torch.autograd instead (torch.autograd.grad, "
+            "torch.autograd.functional.jacobian)."
+        )
+
+
 class PiecewiseLinear(Transform):
     """Fixed monotone map of each feature: piecewise linear through knots
     ``(x_knots[i, k], z_knots[i, k])``, with logarithmic tails beyond the end
@@ -610,7 +627,8 @@ class ActNorm(ElementwiseAffine):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # (getattr: layers pickled before the flag existed lack it.)
-        if self.training and not getattr(self, "_known_initialized", False):
+        # (An empty batch has no statistics: it would set loc to NaN for good.)
+        if self.training and x.shape[0] and not getattr(self, "_known_initialized", False):
             if not bool(self.initialized):
                 self._initialize(x)
             self._known_initialized = True

@@ -90,21 +90,11 @@ from skflow.engine.ode import (
     underflow_as_error,
 )
 from skflow.engine.rng import draw
-from skflow.engine.transforms import Transform, log_det_wanted
-
-# Whether a torch.func transform (vmap, grad, jacrev) is tracing the call; a
-# private hook of torch's, so absent means "cannot tell" (never refuse).
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+from skflow.engine.transforms import Transform, log_det_wanted, refuse_functorch
 
 
 def _refuse_functorch() -> None:
-    if _functorch_active():
-        # (Else a "batching rule not implemented" error from deep inside.)
-        raise NotImplementedError(
-            "kind='cnf' does not support torch.func transforms (vmap, grad, jacrev): its "
-            "adaptive ODE solve branches on tensor values. Use torch.autograd instead "
-            "(torch.autograd.grad, torch.autograd.functional.jacobian)."
-        )
+    refuse_functorch("kind='cnf'", "its adaptive ODE solve branches on tensor values")
 
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")

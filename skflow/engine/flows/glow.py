@@ -91,12 +91,16 @@ def build_glow(
 def _check_image_shape(
     image_shape: Sequence[int], n_features: int, n_levels: int
 ) -> tuple[int, int, int]:
-    shape = tuple(image_shape)
+    try:  # (a bare int or string is no shape)
+        shape = tuple(image_shape) if not isinstance(image_shape, str) else ()
+    except TypeError:
+        shape = ()
     if len(shape) != 3 or not all(
         isinstance(s, Integral) and not isinstance(s, bool) and s >= 1 for s in shape
     ):
         raise ValueError(
-            f"image_shape must be three positive ints (channels, height, width), got {shape!r}."
+            "image_shape must be three positive ints (channels, height, width), "
+            f"got {image_shape!r}."
         )
     if not isinstance(n_levels, Integral) or isinstance(n_levels, bool) or n_levels < 1:
         raise ValueError(f"n_levels must be a positive int, got {n_levels!r}.")

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from skflow.engine.transforms import Compose, Transform
+from skflow.engine.transforms import Compose, Transform, functorch_active
 
 # u_hat . w = m(w . u) with m(a) = MIN_SLOPE - 1 + softplus(a + _SHIFT), which
 # maps R onto (MIN_SLOPE - 1, inf) with m(0) = 0: u_hat = u whenever w . u = 0,
@@ -50,8 +50,11 @@ def solve_planar(target: Tensor, c: Tensor, b: Tensor) -> Tensor:
     they leave it or fail to halve the previous step, which guarantees
     convergence; iteration stops once every root is known to a few ulps of
     ``1 + |target| + |c|``. Raises ``RuntimeError`` rather than returning an
-    unconverged root.
+    unconverged root. Under torch.func transforms (``vmap``), which cannot
+    branch on values, all ``MAX_NEWTON_ITER`` iterations run unchecked
+    (bisection alone converges in fewer).
     """
+    traced = functorch_active()
     c = c.expand_as(target)
     lo, hi = target - c.abs(), target + c.abs()
     tol = 8 * torch.finfo(target.dtype).eps * (1 + target.abs() + c.abs())
@@ -70,8 +73,10 @@ def solve_planar(target: Tensor, c: Tensor, b: Tensor) -> Tensor:
         step = torch.where(bisect, alpha - (lo + hi) / 2, newton)
         alpha = alpha - step
         last_step = step
-        if bool(((step.abs() <= tol) | (hi - lo <= tol) | (g == 0)).all()):
+        if not traced and bool(((step.abs() <= tol) | (hi - lo <= tol) | (g == 0)).all()):
             return alpha
+    if traced:
+        return alpha
     raise RuntimeError(
         f"Planar inverse did not converge in {MAX_NEWTON_ITER} iterations; "
         "the layer parameters are probably non-finite."
