@@ -17,15 +17,19 @@ status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import bz2
 import csv
+import gzip
 import io
 import json
+import lzma
 import os
 import re
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +54,37 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------ reading
-# Bytes read to guess whether the first line is a header.
+# Bytes read at a time to guess whether the first line is a header.
 _HEAD_BYTES = 1 << 16
+# Compressed files pandas opens by their suffix; the header guess reads them
+# decompressed (the bytes on disk are no CSV).
+_OPENERS: dict[str, Callable] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_UNGUESSED = (".zip", ".zst", ".tar")
+
+
+def _first_line(stream) -> bytes:
+    """The first bytes of ``stream`` up to the end of its first non-blank
+    line (a line longer than one read goes on: a field cut in two would not
+    parse as a number, and the line would pass for a header)."""
+    head = stream.read(_HEAD_BYTES)
+    while not re.search(rb"\S[^\r\n]*[\r\n]", head):
+        more = stream.read(_HEAD_BYTES)
+        if not more:
+            break
+        head += more
+    return head
+
+
+def _is_number(field: str) -> bool:
+    """Whether pandas reads ``field`` as a number (Python's float() also
+    takes "1_000" and non-ASCII digits, which pandas reads as text)."""
+    if "_" in field or not field.isascii():
+        return False
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
 
 
 def _has_header(head: bytes, path: str) -> bool:
@@ -63,12 +96,7 @@ def _has_header(head: bytes, path: str) -> bool:
     first = next((r for r in rows if len(r) > 1 or (r and r[0].strip())), None)
     if not first:
         raise CLIError(f"{path} is empty.")
-    for field in first:
-        try:
-            float(field)
-        except ValueError:
-            return True
-    return False
+    return not all(_is_number(field) for field in first)
 
 
 def read_table(path: str, header: bool | None):
@@ -80,22 +108,41 @@ def read_table(path: str, header: bool | None):
     except ImportError:
         raise CLIError("the command line reads CSV files with pandas: pip install pandas") from None
     source: io.BytesIO | str
-    if path == "-":
-        # Bytes (one per character), read once: standard input cannot rewind.
-        source = io.BytesIO(sys.stdin.buffer.read())
-        head, path = source.getvalue()[:_HEAD_BYTES], "standard input"
+    if path == "-" or (
+        Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir()
+    ):
+        # Standard input or a pipe (<(...)): read once, as they cannot rewind.
+        with open(path, "rb") if path != "-" else nullcontext(sys.stdin.buffer) as stream:
+            source = io.BytesIO(stream.read())
+        if path == "-":
+            path = "standard input"
     elif not Path(path).is_file():
         what = "is a directory, not a file" if Path(path).is_dir() else "no such file"
         raise CLIError(f"{path}: {what}.")
     else:
         source = path  # pandas streams the file itself
-        with open(path, "rb") as f:
-            head = f.read(_HEAD_BYTES)
     if header is None:
+        suffix = Path(path).suffix.lower()
+        if isinstance(source, str) and suffix in _UNGUESSED:
+            raise CLIError(
+                f"{path}: cannot tell whether a {suffix} file starts with a header; "
+                "pass --header or --no-header."
+            )
+        opener = _OPENERS.get(suffix, open) if isinstance(source, str) else None
+        with opener(source, "rb") if opener else nullcontext(source) as stream:
+            head = _first_line(stream)
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
         header = _has_header(head, path)
     try:
         # UTF-8 whatever the locale (a BOM, as spreadsheets write, is skipped).
-        df = pd.read_csv(source, header=0 if header else None, encoding="utf-8-sig")
+        # index_col=False: data rows longer than the header are an error,
+        # not a first column taken as row labels and dropped.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                source, header=0 if header else None, encoding="utf-8-sig", index_col=False
+            )
         if header:
             # pandas renames a repeated name ("a", "a.1"): the model's feature
             # names and sample's header would no longer be the file's.
@@ -116,6 +163,11 @@ def read_table(path: str, header: bool | None):
                     f"{path}: column name {str(repeated.iloc[0])!r} appears more than once "
                     "in the header; give every column its own name."
                 )
+    except pd.errors.ParserWarning:
+        raise CLIError(
+            f"{path}: data rows have more fields than the header has names; give every "
+            "column a name (or fix the rows)."
+        ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise CLIError(f"{path} is not a readable CSV file: {_one_line(exc)}") from None
     if df.shape[0] == 0:
@@ -395,7 +447,8 @@ def _score(args: argparse.Namespace) -> None:
             )
     if names is not None and not hasattr(X, "columns") and X.shape[1] == len(names):
         warnings.warn(
-            f"{args.data} has no header: its columns are taken as the training file's "
+            f"{'standard input' if args.data == '-' else args.data} has no header: its "
+            "columns are taken as the training file's "
             f"({', '.join(map(str, names))}), in that order.",
             UserWarning,
             stacklevel=2,

@@ -133,6 +133,14 @@ def _is_cell_table(cell) -> bool:
     return arrays and values.shape == half.shape and (reach is None or isinstance(reach, Real))
 
 
+def _is_numeric_dtype(name) -> bool:
+    """A ``feature_dtypes_`` entry: a numeric numpy dtype's name, or None."""
+    try:
+        return name is None or (isinstance(name, str) and np.dtype(name).kind in "biuf")
+    except TypeError:
+        return False
+
+
 def _check_fitted(fitted: dict, cls: type) -> None:
     """Raise ``ValueError`` for fitted attributes (read from a model file)
     that fit could not have set: names that are not fitted-attribute names
@@ -163,6 +171,20 @@ def _check_fitted(fitted: dict, cls: type) -> None:
     for name in ("offset_", "reconstruction_error_"):
         if not isinstance(fitted.get(name), Real) or isinstance(fitted.get(name), bool):
             raise ValueError(f"{name}={fitted.get(name)!r} is not a number")
+    if not np.isfinite(fitted["offset_"]):
+        raise ValueError(f"offset_={fitted['offset_']!r} is not finite")
+    names = fitted.get("feature_names_in_")
+    if names is not None and not (
+        isinstance(names, np.ndarray)
+        and names.shape == (d,)
+        and all(isinstance(n, str) for n in names)
+    ):
+        raise ValueError(f"feature_names_in_ is not {d} column names")
+    dtypes = fitted.get("feature_dtypes_")
+    if dtypes is not None and not (
+        isinstance(dtypes, list) and len(dtypes) == d and all(map(_is_numeric_dtype, dtypes))
+    ):
+        raise ValueError(f"feature_dtypes_ is not {d} numeric dtype names (or None)")
     cells = fitted.get("dequantization_cells_")
     if cells is not None and not (
         isinstance(cells, list)
@@ -347,10 +369,21 @@ def _warn_inexact_integers(X, dtypes) -> None:
     computation rounds (neighbouring values merge)."""
     if dtypes is not None:
         columns = [(name, X[name].to_numpy()) for name, t in dtypes.items() if t.kind in "iu"]
-    elif isinstance(X, np.ndarray) and X.dtype.kind in "iu" and X.ndim == 2:
-        columns = list(enumerate(X.T))
+    elif isinstance(X, np.ndarray) and X.dtype.kind in "iu":
+        columns = list(enumerate(X.T)) if X.ndim == 2 else []
     else:
-        return
+        # Lists or object arrays: Python ints, which a float64 conversion
+        # rounds before any dtype could tell.
+        try:
+            cells = np.asarray(X, dtype=object)
+        except (TypeError, ValueError):
+            return  # (validation says what is wrong)
+        if cells.ndim != 2:
+            return
+        exact = np.vectorize(
+            lambda v: not isinstance(v, Integral) or abs(int(v)) <= 2**53, otypes=[bool]
+        )
+        columns = [(int(j), np.array([2**54])) for j in np.flatnonzero(~exact(cells).all(axis=0))]
     # (-2**53 as an int: abs() of int64's minimum would overflow.)
     big = [name for name, c in columns if c.size and (c.max() > 2**53 or c.min() < -(2**53))]
     if big:
@@ -851,6 +884,15 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 if getattr(t, "kind", None) in ("m", "M") or str(t).startswith("period")
             ]
         )
+        array_kind = getattr(getattr(X, "dtype", None), "kind", None)
+        if dtypes is None and array_kind in ("m", "M"):
+            # (numpy would hand over the integer count of the array's time
+            # unit: densities per day or per second, whichever it holds.)
+            raise ValueError(
+                f"FlowDensity models numeric features, but X holds {X.dtype} values. Convert "
+                "them to numbers first, e.g. seconds since the earliest value: "
+                "(X - X.min()) / np.timedelta64(1, 's')."
+            )
         if times:
             raise ValueError(
                 f"FlowDensity models numeric features, but X has date/time columns {times}. "
@@ -873,23 +915,23 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         _warn_inexact_integers(X, dtypes)
         try:
             return validate_data(self, X, dtype=dtype, **kwargs)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
             # pandas' missing value in an object column: float(pd.NA) fails.
-            if "NAType" not in str(exc):
-                raise
-            raise ValueError(
-                "X contains missing values (pd.NA); FlowDensity needs complete rows: drop "
-                "or impute them first (e.g. SimpleImputer in a Pipeline)."
-            ) from None
-        except ValueError as exc:
-            if "could not convert" not in str(exc):
+            if isinstance(exc, TypeError) and "NAType" in message:
+                raise ValueError(
+                    "X contains missing values (pd.NA); FlowDensity needs complete rows: drop "
+                    "or impute them first (e.g. SimpleImputer in a Pipeline)."
+                ) from None
+            # Text, or objects float() refuses (pandas Intervals, say).
+            if "could not convert" not in message and "float() argument" not in message:
                 raise
             bad = [] if dtypes is None else [c for c, t in dtypes.items() if t.kind not in "biuf"]
             where = f" (non-numeric columns: {bad})" if bad else ""
             raise ValueError(
-                f"FlowDensity models numeric features only, but X holds text{where}: {exc}. "
-                "Encode categorical columns first (e.g. OneHotEncoder or OrdinalEncoder in "
-                "a ColumnTransformer) or drop them."
+                f"FlowDensity models numeric features only, but X holds non-numeric values"
+                f"{where}: {exc}. Encode categorical columns first (e.g. OneHotEncoder or "
+                "OrdinalEncoder in a ColumnTransformer) or drop them."
             ) from None
 
     def _largest_representable(self) -> float:
@@ -910,10 +952,15 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         # float32 inputs must also survive the cast (no overflow, no flush
         # to zero).
         upper = self._largest_representable()
+        # The marginal map's knots sit down to 1e-5 of a column's spread apart
+        # and its slopes divide by those gaps: float32 spreads near its
+        # smallest normal number (1e-38) gave subnormal gaps, infinite
+        # slopes and -inf scores.
+        lower = max(1 / upper, float(np.finfo(self.dtype).tiny) * 1e4)
         problems = {
             f"values beyond {upper:.3g} in absolute value": ~(magnitude <= upper)
             | ~np.isfinite(spread),
-            f"a spread below {1 / upper:.3g}": varies & (spread < 1 / upper),
+            f"a spread below {lower:.3g}": varies & (spread < lower),
         }
         found = [(what, np.flatnonzero(bad).tolist()) for what, bad in problems.items()]
         found = [(what, cols) for what, cols in found if cols]
@@ -2068,7 +2115,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             File written by :meth:`save`.
         device : str, torch.device or None, default=None
             Where to put the flow. None means the device it was fitted on
-            when this machine has it, else the CPU (with a warning).
+            when this machine has it, else the CPU (with a warning). A given
+            device also becomes the ``device`` parameter, so a warm fit of the
+            loaded model continues there.
 
         Returns
         -------
@@ -2149,6 +2198,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         saved_device = fitted.get("device_", torch.device("cpu"))
         if device is not None:
             est.device_ = resolve_device(device, _DTYPES[est.dtype])
+            # ... and where a warm fit continues (a GPU model's "cuda" failed
+            # there on a CPU-only machine). The file's parameters stay saved.
+            est.device = device
         else:
             est.device_ = _usable_device(saved_device)
         est.flow_ = flow.to(est.device_).eval()

@@ -165,7 +165,9 @@ def read(
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            # (Copies: the file's tensors are only 8-byte aligned, so BLAS
+            # picked other kernels and float64 scores moved by 3e-14.)
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
     except SafetensorError as exc:
         raise ValueError(
             f"{os.fspath(path)!r} is not a skflow model file, or it is truncated or "

@@ -79,7 +79,8 @@ def dequantization_widths(X: np.ndarray, dequantize) -> np.ndarray:
         return np.zeros(n_features)
     if isinstance(dequantize, str):  # "auto"
         return np.array([lattice_width(col) for col in X.T])
-    widths = np.asarray(dequantize, dtype=np.float64)
+    # (A copy: a pandas Series' array is read-only, which torch warns about.)
+    widths = np.array(dequantize, dtype=np.float64)
     if widths.shape != (n_features,):
         raise ValueError(
             "dequantize must be 'auto', False, or an array of one width per feature (0 for a "

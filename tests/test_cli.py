@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 from sklearn.datasets import make_moons
 
 from skflow import FlowDensity
-from skflow._cli import main
+from skflow._cli import main, read_table
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 FAST = ["--n-layers", "2", "--hidden-units", "16", "--max-iter", "5", "--random-state", "0"]
@@ -145,6 +146,34 @@ def test_header_is_detected(files, capsys, tmp_path):
     assert FlowDensity.load(model).feature_names_in_[0] != "width"
 
 
+def test_header_guess_reads_the_whole_first_line(tmp_path):
+    # A first line longer than one read was cut inside a field ("1.2e"),
+    # which passed for text: the first data row became the header.
+    rows = np.random.RandomState(14).randn(3, 4000)
+    pd.DataFrame(rows).to_csv(tmp_path / "wide.csv", index=False, header=False)
+    X = read_table(str(tmp_path / "wide.csv"), None)
+    assert isinstance(X, np.ndarray) and X.shape == (3, 4000)
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_compressed_and_piped_files(tmp_path, header):
+    # The header guess read the compressed bytes (always "a header"), and a
+    # pipe was "no such file".
+    X = np.random.RandomState(0).randn(30, 3)
+    frame = pd.DataFrame(X, columns=list("abc"))
+    frame.to_csv(tmp_path / "t.csv.gz", index=False, header=header)
+    got = read_table(str(tmp_path / "t.csv.gz"), None)
+    assert got.shape == (30, 3) and isinstance(got, pd.DataFrame) == header
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"gzip -dc {tmp_path / 't.csv.gz'} > {fifo}"])
+    try:
+        piped = read_table(str(fifo), None)
+    finally:
+        writer.wait()
+    np.testing.assert_allclose(np.asarray(piped, dtype=float), np.asarray(got, dtype=float))
+
+
 @pytest.mark.parametrize(
     "content, args, match",
     [
@@ -167,6 +196,11 @@ def test_header_is_detected(files, capsys, tmp_path):
         # Checked before training, not after it.
         ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--out", "{tmp}/no/m.skflow"], "does not exist"),
         ("a,b\n1,2\n3,4\n", ["fit", "{csv}", "--out", "{tmp}"], "is a directory"),
+        # A header one name short: pandas took the first column as row
+        # labels and dropped it without a word.
+        ("b,c\n1,2,3\n4,5,6\n7,8,9\n", ["fit", "{csv}"], "more fields than the header"),
+        # Python's float() takes "2020_01"; pandas does not: a header.
+        ("2020_01,2020_02\nx,1\n", ["fit", "{csv}"], "column '2020_01' is not numeric"),
     ],
 )
 def test_user_errors_are_one_line_with_status_2(tmp_path, capsys, content, args, match):

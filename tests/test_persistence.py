@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+import warnings
 
 import joblib
 import numpy as np
@@ -13,8 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-from sklearn.datasets import make_moons
-from sklearn.exceptions import NotFittedError
+from sklearn.datasets import load_breast_cancer, make_moons
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 from skflow import FlowDensity, _persistence
 from skflow.engine import KINDS
@@ -72,6 +73,20 @@ def test_round_trip_is_exact(params, tmp_path):
     _assert_same_estimator(est, loaded)
     assert next(loaded.flow_.parameters()).dtype == next(est.flow_.parameters()).dtype
     assert not loaded.flow_.training
+
+
+@pytest.mark.parametrize("kind", ["maf", "nice"])
+def test_wide_float64_round_trip_is_exact(kind, tmp_path):
+    # The file's tensors are only 8-byte aligned: kept as loaded, BLAS took
+    # other kernels for the 30-column matrices and scores moved by 3e-14.
+    X30 = load_breast_cancer().data
+    est = FlowDensity(kind=kind, dtype="float64", n_layers=2, max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X30)
+    est.save(tmp_path / "m.safetensors")
+    loaded = FlowDensity.load(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(loaded.score_samples(X30), est.score_samples(X30))
 
 
 def test_round_trip_keeps_feature_names(tmp_path):
@@ -260,6 +275,30 @@ def _resave(path, edit_header=None, edit_tensors=None):
         # Forged files (a checksum recomputed after editing) fail here, not
         # later, deep in scoring or sampling.
         (lambda h: h["fitted"].update(offset_="abc"), None, "offset_='abc' is not a number"),
+        # Loaded, then predict() flagged every row (and the CLI none).
+        (
+            lambda h: h["fitted"].update(offset_=_persistence.encode(float("nan"), "o")),
+            None,
+            "offset_=nan is not finite",
+        ),
+        # These loaded and failed later, in sample(as_frame=True).
+        (
+            lambda h: h["fitted"].update(
+                feature_names_in_=_persistence.encode(np.array(["a", "b"], object), "f")
+            ),
+            None,
+            "feature_names_in_ is not 3 column names",
+        ),
+        (
+            lambda h: h["fitted"].update(feature_dtypes_=["float64", "zzz", None]),
+            None,
+            "feature_dtypes_ is not 3 numeric dtype names",
+        ),
+        (
+            lambda h: h["fitted"].update(feature_dtypes_=["datetime64[ns]", None, None]),
+            None,
+            "feature_dtypes_ is not 3 numeric dtype names",
+        ),
         (lambda h: h["fitted"].update(fit=1), None, r"invalid fitted attribute names \['fit'\]"),
         (
             lambda h: h["fitted"].update(lattice_range_=[1, 2]),
@@ -312,6 +351,10 @@ def _resave(path, edit_header=None, edit_tensors=None):
         "lost",
         "extra",
         "offset",
+        "offset nan",
+        "feature names",
+        "unknown dtype",
+        "date dtype",
         "shadow",
         "lattice",
         "cells",
@@ -357,6 +400,14 @@ def test_file_from_a_gpu_machine_loads_on_cpu(fitted, tmp_path):
     np.testing.assert_array_equal(loaded.score_samples(X), fitted.score_samples(X))
     with pytest.raises(ValueError, match="CUDA is not available"):
         FlowDensity.load(tmp_path / "m.safetensors", device="cuda")
+    # Loaded onto the CPU on purpose: a warm fit continues there (the
+    # fitted-on parameter device="cuda" failed for want of CUDA).
+    est._fitted_params = {**est._fitted_params, "device": "cuda"}  # (as saved on a GPU)
+    est.save(tmp_path / "gpu.safetensors")
+    assert FlowDensity.load(tmp_path / "gpu.safetensors").device == "cuda"
+    moved = FlowDensity.load(tmp_path / "gpu.safetensors", device="cpu")
+    assert moved.device == "cpu"
+    moved.set_params(warm_start=True, max_iter=2).fit(X)
 
 
 def test_missing_gpu_index_falls_back_to_the_current_gpu(monkeypatch):

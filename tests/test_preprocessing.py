@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 from skflow import FlowDensity
 from skflow._preprocessing import (
@@ -56,6 +57,14 @@ def test_dequantize_argument_validation():
     # Noise the dtype cannot hold: named, not a NaN deep in the fit.
     with pytest.raises(ValueError, match=r"widths \[1e\+100\] .* in float32: at most 8.5"):
         FlowDensity(dequantize=[1e100, 0.0], max_iter=2).fit(rows)
+    # A pandas Series' array is read-only: torch warned about it.
+    pd = pytest.importorskip("pandas")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        FlowDensity(dequantize=pd.Series([1.0, 0.0]), max_iter=2, early_stopping=False).fit(
+            np.c_[np.round(rows[:, 0]), rows[:, 1]]
+        )
 
 
 def test_noise_cells_reach_halfway_to_the_nearer_value():

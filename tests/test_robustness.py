@@ -118,6 +118,28 @@ BAD_FIT_INPUT = {
     # Numbers the arithmetic cannot hold: refused, not fitted to rounding noise.
     "column of 1e40": (lambda: X * [1e40, 1], ValueError, r"\[0\] have values beyond 8.5"),
     "column of 1e-100": (lambda: X * [1, 1e-100], ValueError, r"\[1\] have a spread below"),
+    # float32's smallest normal numbers: the marginal map's knot gaps were
+    # subnormal, its slopes infinite, every score -inf.
+    "columns of 3e-38": (
+        lambda: X * 3e-38,
+        ValueError,
+        r"\[0, 1\] have a spread below 1.18e-34\. Try dtype='float64'",
+    ),
+    # numpy hands over counts of the array's unit: densities per day or per second.
+    "datetime64 array": (
+        lambda: np.datetime64("2020-01-01") + np.arange(len(X) * 2).reshape(-1, 2),
+        ValueError,
+        r"X holds datetime64\[D\] values. Convert them",
+    ),
+    "interval column": (
+        lambda: _frame_with_text().assign(
+            b=lambda f: pytest.importorskip("pandas").arrays.IntervalArray.from_breaks(
+                np.arange(len(f) + 1)
+            )
+        ),
+        ValueError,
+        r"non-numeric values \(non-numeric columns: \['b'\]\)",
+    ),
     # Beyond float64's limits too: no dtype='float64' hint.
     "column of 1e200 in float32": (
         lambda: X * [1e200, 1],
@@ -569,6 +591,11 @@ def test_integers_beyond_2_53_warn_at_the_callers_line():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         est.score_samples(big - 2**60)
+    # Python ints in lists (with floats beside them, or beyond int64): float64
+    # conversion rounded them before any dtype could tell.
+    for rows in ([[2**60 + i, 0.5 * i] for i in range(60)], [[2**70 + i, i] for i in range(60)]):
+        with pytest.warns(UserWarning, match=r"integers beyond 2\*\*53 \(columns \[0\]\)"):
+            est.score_samples(rows)
 
 
 def test_fewer_rows_than_features_warns_at_the_callers_line():
