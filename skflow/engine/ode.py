@@ -47,8 +47,10 @@ def underflow_as_error() -> Iterator[None]:
             raise
         raise SolverUnderflow(
             "the adaptive ODE solver's step size underflowed: the continuous flow's vector "
-            "field has blown up (a diverged fit), so no density can be computed. Refit with "
-            "a smaller learning_rate, or use a fixed-step solver."
+            "field has blown up (a diverged fit), or rtol/atol ask for more precision than "
+            "the dtype holds, so no density can be computed. Refit with a smaller "
+            "learning_rate or looser tolerances (a fixed-step solver never underflows, but "
+            "its log-densities are only as accurate as its steps)."
         ) from None
 
 
