@@ -42,6 +42,7 @@ from skflow._preprocessing import (
     N_KNOTS,
     SAME_VALUE_RTOL,
     _nearest,
+    degenerate_columns,
     dequantization_widths,
     effective_rows,
     fixed_noise,
@@ -851,6 +852,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         # (The layers _build_flow made: the checker sees only Modules.)
         layers = cast(Compose, flow.transform).transforms
         noise_var = np.average(half**2, axis=0, weights=weights) / 3.0
+        self._warn_degenerate(X, noise_var, weights)
         if self.gaussianize:
             marginal = cast(PiecewiseLinear, layers[0])
             x_knots, z_knots = gaussianizing_knots(X, half, weights=weights)
@@ -928,7 +930,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 raise
             bad = [] if dtypes is None else [c for c, t in dtypes.items() if t.kind not in "biuf"]
             where = f" (non-numeric columns: {bad})" if bad else ""
-            raise ValueError(
+            # (The same exception type, as scikit-learn's checks expect.)
+            raise type(exc)(
                 f"FlowDensity models numeric features only, but X holds non-numeric values"
                 f"{where}: {exc}. Encode categorical columns first (e.g. OneHotEncoder or "
                 "OrdinalEncoder in a ColumnTransformer) or drop them."
@@ -1085,6 +1088,33 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "discrete column it never saw (sample() rounds onto the first fit's values). "
                 "The density stays exact but may fit these rows poorly; fit with "
                 "warm_start=False to fit the fixed layers to them.",
+                UserWarning,
+                stacklevel=_user_stacklevel(),
+            )
+
+    def _warn_degenerate(
+        self, X: np.ndarray, noise_var: np.ndarray, weights: np.ndarray | None
+    ) -> None:
+        """Warn of columns on which the data have no density: the fit's
+        log-densities there measure float precision, not the data."""
+        constant, dependent = degenerate_columns(X, noise_var, weights)
+        if constant:
+            warnings.warn(
+                f"Column(s) {constant} of X are constant and not dequantized (dequantize=False "
+                "or a zero width): a density on them is infinite, so the fitted log-densities "
+                "grow with training and any other value scores as an extreme outlier. Drop "
+                "them, or leave dequantize='auto' to give them a unit cell.",
+                UserWarning,
+                stacklevel=_user_stacklevel(),
+            )
+        if dependent:
+            warnings.warn(
+                f"Columns {dependent} of X are (almost) exactly linearly dependent (e.g. a "
+                "duplicated column, or one the sum of others): the rows lie on a "
+                "lower-dimensional set, where a density is infinite, so the fitted "
+                "log-densities depend on float precision rather than on the data, and a row "
+                "slightly off that set scores as an extreme outlier. Drop the redundant "
+                "column(s).",
                 UserWarning,
                 stacklevel=_user_stacklevel(),
             )

@@ -233,6 +233,32 @@ def effective_rows(n: int, weights: np.ndarray | None) -> float:
     return float(w.sum() ** 2 / np.square(w).sum())
 
 
+# Columns whose correlation matrix has an eigenvalue below this (relative to
+# the largest) lie on a lower-dimensional set: duplicated or derived columns.
+DEPENDENT_RTOL = 1e-10
+
+
+def degenerate_columns(
+    X: np.ndarray, noise_var: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[list[int], list[int]]:
+    """Columns of ``X`` (with dequantization noise of variance ``noise_var``)
+    on which no density exists: constant ones, and those that an (almost)
+    exact linear relation ties together (the ones weighing in it)."""
+    var = np.average(np.square(X - np.average(X, axis=0, weights=weights)), 0, weights) + noise_var
+    constant = np.flatnonzero(~(var > 0)).tolist()
+    varies = np.flatnonzero(var > 0)
+    if varies.size < 2 or X.shape[0] <= varies.size:  # (fewer rows: fit warns of that)
+        return constant, []
+    Z = (X[:, varies] - np.average(X[:, varies], axis=0, weights=weights)) / np.sqrt(var[varies])
+    w = np.full(len(Z), 1 / len(Z)) if weights is None else weights / weights.sum()
+    corr = (Z * w[:, None]).T @ Z + np.diag(noise_var[varies] / var[varies])
+    values, vectors = np.linalg.eigh(corr)
+    if not values[0] < DEPENDENT_RTOL * values[-1]:
+        return constant, []
+    weight = np.abs(vectors[:, 0])
+    return constant, varies[weight > 0.1 * weight.max()].tolist()
+
+
 def standardization(
     X: np.ndarray, noise_var: np.ndarray, whiten: bool, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

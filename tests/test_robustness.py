@@ -137,7 +137,7 @@ BAD_FIT_INPUT = {
                 np.arange(len(f) + 1)
             )
         ),
-        ValueError,
+        TypeError,
         r"non-numeric values \(non-numeric columns: \['b'\]\)",
     ),
     # Beyond float64's limits too: no dtype='float64' hint.
@@ -596,6 +596,22 @@ def test_integers_beyond_2_53_warn_at_the_callers_line():
     for rows in ([[2**60 + i, 0.5 * i] for i in range(60)], [[2**70 + i, i] for i in range(60)]):
         with pytest.warns(UserWarning, match=r"integers beyond 2\*\*53 \(columns \[0\]\)"):
             est.score_samples(rows)
+
+
+def test_columns_without_a_density_warn():
+    # A duplicated (or derived) column, or a constant one left without
+    # dequantization: scores there measure float precision (+4 nats per row
+    # above a proper 2-D fit, and -63 for a row 0.1 off the duplicate).
+    rng = np.random.RandomState(0)
+    a, b = rng.randn(2, 300)
+    with pytest.warns(UserWarning, match=r"Columns \[0, 1, 2\] of X are .* linearly dependent"):
+        FlowDensity(**FAST).fit(np.c_[a, b, a + b])
+    with pytest.warns(UserWarning, match=r"Column\(s\) \[1\] of X are constant and not dequant"):
+        FlowDensity(dequantize=False, **FAST).fit(np.c_[a, np.full(300, 7.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        FlowDensity(**FAST).fit(np.c_[a, np.full(300, 7.0), b + 1e-3 * a])  # cell, tilt
 
 
 def test_fewer_rows_than_features_warns_at_the_callers_line():
