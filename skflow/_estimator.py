@@ -557,7 +557,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         feature from its smoothed empirical quantiles to normal quantiles
         (about ``2 n^(1/3)`` equal-frequency bins), blended with plain
         standardization as much as 2-fold cross-validation of each feature's
-        marginal likelihood prefers, with logarithmic tails beyond the data.
+        marginal likelihood prefers, with linear, then logarithmic tails
+        beyond the data.
         Skewed, multimodal and spiky features (a point mass at zero, say)
         then reach the learned layers already near-normal, Gaussian ones stay
         smooth, and far-out queries stay finite; with ``whiten`` the model

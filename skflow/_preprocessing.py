@@ -34,6 +34,9 @@ MAX_LINEAR_TAIL = 1e3
 # dequantization cells a user sets: slopes across the gap stay finite).
 FLOAT32_RGAP = 1e-5
 MIN_KNOT_GAP = 1e-20
+# engine.transforms.PiecewiseLinear.LINEAR_TAIL, which _log_marginal mirrors
+# (tests pin the two equal).
+LINEAR_TAIL = 50.0
 
 
 def _spread(column: np.ndarray) -> float:
@@ -361,8 +364,8 @@ def _quantile_knots(
     tail = max(1, int(0.1 * (N_KNOTS - 2)))
     lo = (z_fine[tail] - z_fine[0]) / (x_fine[tail] - x_fine[0])
     hi = (z_fine[-1] - z_fine[-1 - tail]) / (x_fine[-1] - x_fine[-1 - tail])
-    # One standard deviation of linear tail, then the map's logarithmic
-    # tails; but at most MAX_LINEAR_TAIL normal units (a steep end segment
+    # One standard deviation of linear tail, then the map's own tails
+    # (PiecewiseLinear's); but at most MAX_LINEAR_TAIL normal units (a steep end segment
     # over a heavy tail's deviation put the end knot a billion units out,
     # where float32 interpolation cancels) and float32-distinct.
     reach_lo = max(min(spread, MAX_LINEAR_TAIL / lo), FLOAT32_RGAP * abs(x_fine[0]))
@@ -466,12 +469,16 @@ def _log_marginal(
     knots, then standard normal"."""
     slope = (z_knots[idx] - z_knots[idx - 1]) / (x_knots[idx] - x_knots[idx - 1])
     z = z_knots[idx - 1] + (x - x_knots[idx - 1]) * slope
-    # The logarithmic tails of engine.transforms.PiecewiseLinear.
+    # The tails of engine.transforms.PiecewiseLinear: linear for
+    # LINEAR_TAIL units past an end knot, then logarithmic.
     under = np.clip(x_knots[0] - x, 0, None) * slope
     over = np.clip(x - x_knots[-1], 0, None) * slope
-    z = np.where(under > 0, z_knots[0] - np.log1p(under), z)
-    z = np.where(over > 0, z_knots[-1] + np.log1p(over), z)
-    return -0.5 * z**2 - _LOG_SQRT_2PI + np.log(slope) - np.log1p(under) - np.log1p(over)
+    log_past = np.log1p(
+        np.clip(under - LINEAR_TAIL, 0, None) + np.clip(over - LINEAR_TAIL, 0, None)
+    )
+    tail = np.minimum(under + over, LINEAR_TAIL) + log_past
+    z = np.where(under > 0, z_knots[0] - tail, np.where(over > 0, z_knots[-1] + tail, z))
+    return -0.5 * z**2 - _LOG_SQRT_2PI + np.log(slope) - log_past
 
 
 def fixed_noise(half: np.ndarray, draws: int = 1) -> tuple[np.ndarray, np.random.RandomState]:
@@ -496,8 +503,9 @@ def gaussianizing_knots(
     standardization. The one with the best 2-fold cross-validated marginal
     likelihood wins, so a near-Gaussian feature keeps its smooth Gaussian
     shape while a skewed, multimodal or spiky one is Gaussianized. Beyond the
-    data the map continues linearly for one standard deviation, then
-    logarithmically, so far-out inputs map somewhere moderate. ``half``
+    data the map continues linearly for one standard deviation and another
+    ``LINEAR_TAIL`` normal units, then logarithmically, so far-out inputs
+    map somewhere moderate. ``half``
     holds the half-width of each entry's dequantization noise. Rows count
     with their ``weights`` (by default equally), and ``n`` is then their
     effective number (:func:`effective_rows`).
