@@ -641,14 +641,21 @@ def main(argv: Sequence[str] | None = None, prog: str = "skflow") -> int:
         except _ReaderGone:
             # Quietly, as Unix tools do (status 128 + SIGPIPE).
             return 141
-        except (CLIError, OSError, ValueError, TypeError, MemoryError) as exc:
+        except (CLIError, OSError, ValueError, TypeError, MemoryError, RuntimeError) as exc:
             # OSError: unreadable/unwritable paths; ValueError/TypeError: the
             # estimator's own messages (bad parameters, damaged model files,
-            # columns that differ from the training file); MemoryError: a
-            # sample too large to draw. A bug raises these
-            # too: --traceback shows where.
-            if args.traceback:
+            # columns that differ from the training file); MemoryError (or
+            # torch's RuntimeError for a failed allocation): a sample or a
+            # flow too large for this machine. A bug raises these too:
+            # --traceback shows where.
+            if args.traceback or (isinstance(exc, RuntimeError) and "allocate" not in str(exc)):
                 raise
-            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            message = _one_line(exc)
+            if isinstance(exc, RuntimeError):
+                message = (
+                    "out of memory building or running the flow (fewer --n-layers or "
+                    f"--hidden-units?): {message[:200]}"
+                )
+            print(f"{prog}: error: {message}", file=sys.stderr)
             return EXIT_USAGE
     return 0

@@ -199,6 +199,12 @@ def test_compressed_and_piped_files(tmp_path, header):
         # A header one name short: pandas took the first column as row
         # labels and dropped it without a word.
         ("b,c\n1,2,3\n4,5,6\n7,8,9\n", ["fit", "{csv}"], "more fields than the header"),
+        # torch's failed allocation: one line, not its traceback.
+        (
+            "a,b\n1,2\n3,4\n5,7\n2,2\n",
+            ["fit", "{csv}", "--hidden-units", "100000000"],
+            "out of memory building or running the flow",
+        ),
         # Python's float() takes "2020_01"; pandas does not: a header.
         ("2020_01,2020_02\nx,1\n", ["fit", "{csv}"], "column '2020_01' is not numeric"),
     ],
