@@ -2,5 +2,5 @@
 
 from skflow._estimator import FlowDensity
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["FlowDensity", "__version__"]

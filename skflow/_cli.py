@@ -26,11 +26,14 @@ import lzma
 import os
 import re
 import sys
+import tarfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -59,7 +62,34 @@ _HEAD_BYTES = 1 << 16
 # Compressed files pandas opens by their suffix; the header guess reads them
 # decompressed (the bytes on disk are no CSV).
 _OPENERS: dict[str, Callable] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-_UNGUESSED = (".zip", ".zst", ".tar")
+
+
+@contextmanager
+def _decompressed(path: str) -> Iterator[IO[bytes]]:
+    """The CSV bytes of ``path`` as pandas would read them: the file, the
+    only member of a .zip or .tar archive (.tar.gz and the like included),
+    or the file decompressed by its suffix."""
+    suffixes = [s.lower() for s in Path(path).suffixes[-2:]]
+    with ExitStack() as stack:
+        stream: IO[bytes] | None
+        if ".tar" in suffixes:
+            tar = stack.enter_context(tarfile.open(path))
+            member = next((m for m in tar if m.isfile()), None)
+            stream = tar.extractfile(member) if member is not None else None
+        elif suffixes[-1:] == [".zip"]:
+            zipped = stack.enter_context(zipfile.ZipFile(path))
+            names = zipped.namelist()
+            stream = zipped.open(names[0]) if names else None
+        elif suffixes[-1:] == [".zst"]:
+            raise CLIError(
+                f"{path}: cannot tell whether a .zst file starts with a header; "
+                "pass --header or --no-header."
+            )
+        else:
+            stream = _OPENERS.get(suffixes[-1] if suffixes else "", open)(path, "rb")
+        if stream is None:
+            raise CLIError(f"{path} is an empty archive.")
+        yield stack.enter_context(stream)
 
 
 def _first_line(stream) -> bytes:
@@ -122,14 +152,7 @@ def read_table(path: str, header: bool | None):
     else:
         source = path  # pandas streams the file itself
     if header is None:
-        suffix = Path(path).suffix.lower()
-        if isinstance(source, str) and suffix in _UNGUESSED:
-            raise CLIError(
-                f"{path}: cannot tell whether a {suffix} file starts with a header; "
-                "pass --header or --no-header."
-            )
-        opener = _OPENERS.get(suffix, open) if isinstance(source, str) else None
-        with opener(source, "rb") if opener else nullcontext(source) as stream:
+        with _decompressed(source) if isinstance(source, str) else nullcontext(source) as stream:
             head = _first_line(stream)
         if isinstance(source, io.BytesIO):
             source.seek(0)

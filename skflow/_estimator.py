@@ -134,6 +134,14 @@ def _is_cell_table(cell) -> bool:
     return arrays and values.shape == half.shape and (reach is None or isinstance(reach, Real))
 
 
+def _version(text) -> tuple[int, ...]:
+    """``"0.2.0"`` as ``(0, 2, 0)`` (an unreadable version as the oldest)."""
+    try:
+        return tuple(int(part) for part in str(text).split(".")[:3])
+    except ValueError:
+        return (0,)
+
+
 def _is_numeric_dtype(name) -> bool:
     """A ``feature_dtypes_`` entry: a numeric numpy dtype's name, or None."""
     try:
@@ -372,6 +380,8 @@ def _warn_inexact_integers(X, dtypes) -> None:
         columns = [(name, X[name].to_numpy()) for name, t in dtypes.items() if t.kind in "iu"]
     elif isinstance(X, np.ndarray) and X.dtype.kind in "iu":
         columns = list(enumerate(X.T)) if X.ndim == 2 else []
+    elif isinstance(X, np.ndarray) and X.dtype != object:
+        return  # (floats: nothing to tell; no per-cell scan of large arrays)
     else:
         # Lists or object arrays: Python ints, which a float64 conversion
         # rounds before any dtype could tell.
@@ -791,10 +801,11 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         if isinstance(units, str):  # "auto": small tables get small networks
             width = 32 if n_train < 1000 else 64 if n_train < 20000 else 128
             return (width, width)
-        if isinstance(units, Integral):  # (not a bool: _validate_params)
+        if isinstance(units, Integral) and not isinstance(units, bool):
             return (int(units), int(units))
         # (cast: typeshed's numbers.Integral declares < and <= only.)
-        if not all(
+        # (A bool too: _validate_params refuses it, unless validation is off.)
+        if isinstance(units, bool) or not all(
             isinstance(h, Integral) and not isinstance(h, bool) and cast(int, h) >= 1 for h in units
         ):
             raise ValueError(
@@ -1332,7 +1343,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             kept += previous
         elif warm:
             kept = self.best_epoch_  # no epoch beat the warm-started weights
-        self._warn_training(result, warm, previous, kept)
+        # (Flow matching's loss is a regression loss, not nats: it swings.)
+        nll = getattr(flow.own_objective, "training_method", "mle") == "mle"
+        self._warn_training(result, warm, previous, kept, nll)
 
         if warm:
             # Earlier epochs carry on; the range belongs with the first fit's
@@ -1383,7 +1396,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         self._fitted_params = copy.deepcopy(self.get_params(deep=False))
         return self
 
-    def _warn_training(self, result, warm: bool, previous: int, kept: int) -> None:
+    def _warn_training(self, result, warm: bool, previous: int, kept: int, nll: bool) -> None:
         """Warnings about how training ended; epochs are counted over all
         fits of a warm-started flow (``previous`` before this one)."""
         more = (
@@ -1448,7 +1461,12 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             )
 
         losses = np.asarray(result.loss_curve, dtype=float)
-        if not result.validation_scores and result.stop_reason != "diverged" and losses.size > 1:
+        if (
+            nll
+            and not result.validation_scores
+            and result.stop_reason != "diverged"
+            and losses.size > 1
+        ):
             # Without validation rows the last epoch's weights are kept,
             # however much worse than an earlier epoch's they fit.
             best = int(np.argmin(losses))
@@ -2227,6 +2245,11 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             _persistence.check_tensors(flow.state_dict(), tensors)
             # (check_tensors: the file's dtypes are those of the dtype parameter.)
             flow.load_state_dict(tensors, strict=True, assign=True)
+            if _version(saved_by) < (0, 3):
+                # Fitted with logarithmic marginal tails right past the knots.
+                for layer in flow.modules():
+                    if isinstance(layer, PiecewiseLinear):
+                        layer.linear_tail = 0.0
             split = (
                 _checked_split(_persistence.decode(header["split"])) if "split" in header else None
             )

@@ -241,6 +241,25 @@ def effective_rows(n: int, weights: np.ndarray | None) -> float:
 DEPENDENT_RTOL = 1e-10
 
 
+def _tied_columns(X: np.ndarray, noise_var: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Columns of ``X`` (varying ones only) that an (almost) exact linear
+    relation ties together: those weighing in the correlation matrix's
+    smallest eigenvector, when that eigenvalue is ``DEPENDENT_RTOL`` of the
+    largest or less."""
+    var = np.average(np.square(X - np.average(X, axis=0, weights=weights)), 0, weights) + noise_var
+    varies = np.flatnonzero(var > 0)
+    if varies.size < 2 or X.shape[0] <= varies.size:  # (fewer rows: fit warns of that)
+        return np.empty(0, dtype=int)
+    Z = (X[:, varies] - np.average(X[:, varies], axis=0, weights=weights)) / np.sqrt(var[varies])
+    w = np.full(len(Z), 1 / len(Z)) if weights is None else weights / weights.sum()
+    corr = (Z * w[:, None]).T @ Z + np.diag(noise_var[varies] / var[varies])
+    values, vectors = np.linalg.eigh(corr)
+    if not values[0] < DEPENDENT_RTOL * values[-1]:
+        return np.empty(0, dtype=int)
+    weight = np.abs(vectors[:, 0])
+    return varies[weight > 0.1 * weight.max()]
+
+
 def degenerate_columns(
     X: np.ndarray, noise_var: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[list[int], list[int]]:
@@ -249,17 +268,19 @@ def degenerate_columns(
     exact linear relation ties together (the ones weighing in it)."""
     var = np.average(np.square(X - np.average(X, axis=0, weights=weights)), 0, weights) + noise_var
     constant = np.flatnonzero(~(var > 0)).tolist()
-    varies = np.flatnonzero(var > 0)
-    if varies.size < 2 or X.shape[0] <= varies.size:  # (fewer rows: fit warns of that)
-        return constant, []
-    Z = (X[:, varies] - np.average(X[:, varies], axis=0, weights=weights)) / np.sqrt(var[varies])
-    w = np.full(len(Z), 1 / len(Z)) if weights is None else weights / weights.sum()
-    corr = (Z * w[:, None]).T @ Z + np.diag(noise_var[varies] / var[varies])
-    values, vectors = np.linalg.eigh(corr)
-    if not values[0] < DEPENDENT_RTOL * values[-1]:
-        return constant, []
-    weight = np.abs(vectors[:, 0])
-    return constant, varies[weight > 0.1 * weight.max()].tolist()
+    tied = _tied_columns(X, noise_var, weights)
+    if tied.size:
+        # A few rows sharing a far-out sentinel in several columns tie them
+        # too (their correlation 1 - 1e-20): the relation must hold in the
+        # bulk, the rows within GAP_RATIO spreads of each quartile.
+        q1, q3 = np.quantile(X, [0.25, 0.75], axis=0)
+        reach = GAP_RATIO * np.where(q3 > q1, q3 - q1, np.sqrt(var))
+        bulk = np.all((X >= q1 - reach) & (X <= q3 + reach), axis=1)
+        if not bulk.all() and (weights is None or weights[bulk].sum() > 0):
+            tied = np.intersect1d(
+                tied, _tied_columns(X[bulk], noise_var, None if weights is None else weights[bulk])
+            )
+    return constant, tied.tolist()
 
 
 def standardization(

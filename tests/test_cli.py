@@ -156,6 +156,29 @@ def test_header_guess_reads_the_whole_first_line(tmp_path):
 
 
 @pytest.mark.parametrize("header", [True, False])
+@pytest.mark.parametrize("suffix, mode", [(".tar.gz", "w:gz"), (".tar", "w"), (".zip", None)])
+def test_archives_guess_their_header_from_their_csv(tmp_path, header, suffix, mode):
+    # A .tar.gz was gunzipped and its tar header taken for a CSV header (the
+    # first data row lost); .zip and .tar needed a flag.
+    import io
+    import tarfile
+    import zipfile
+
+    content = ("a,b\n" if header else "") + "1,2\n3,4\n5,6\n"
+    path = tmp_path / f"t{suffix}"
+    if mode is None:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("t.csv", content)
+    else:
+        with tarfile.open(path, mode) as archive:
+            member = tarfile.TarInfo("t.csv")
+            member.size = len(content)
+            archive.addfile(member, io.BytesIO(content.encode()))
+    got = read_table(str(path), None)
+    assert got.shape == (3, 2) and isinstance(got, pd.DataFrame) == header
+
+
+@pytest.mark.parametrize("header", [True, False])
 def test_compressed_and_piped_files(tmp_path, header):
     # The header guess read the compressed bytes (always "a header"), and a
     # pipe was "no such file".

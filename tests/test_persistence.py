@@ -545,3 +545,23 @@ def test_coupling_pickles_without_derived_views_load(kind, monkeypatch):
         )
         old = pickle.dumps(est)
     np.testing.assert_array_equal(pickle.loads(old).score_samples(X), est.score_samples(X))
+
+
+def test_models_from_skflow_0_2_keep_their_logarithmic_tails(fitted, saved):
+    # skflow 0.2's marginal map turned logarithmic right past its last knots;
+    # 0.3's goes on linearly for 50 normal units. A model fitted before scores
+    # (far rows) and samples as it did, from a file or a pickle.
+    from skflow.engine.transforms import PiecewiseLinear
+
+    far = X[:3] + 1e3 * X.std(axis=0)
+    _resave(saved, lambda h: h.update(skflow_version="0.2.0"))
+    old = FlowDensity.load(saved)
+    marginal = [m for m in old.flow_.modules() if isinstance(m, PiecewiseLinear)]
+    assert marginal and all(m.linear_tail == 0.0 for m in marginal)
+    pickled = pickle.loads(pickle.dumps(fitted))
+    for m in pickled.flow_.modules():
+        if isinstance(m, PiecewiseLinear):
+            del m.linear_tail  # (as a 0.2 pickle holds it)
+    np.testing.assert_array_equal(pickled.score_samples(far), old.score_samples(far))
+    assert not np.allclose(fitted.score_samples(far), old.score_samples(far))
+    np.testing.assert_array_equal(old.score_samples(X), fitted.score_samples(X))

@@ -24,6 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
 
 from skflow import FlowDensity
+from skflow._preprocessing import degenerate_columns
 from skflow.engine import KINDS
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.transforms import Compose, Transform
@@ -612,6 +613,14 @@ def test_columns_without_a_density_warn():
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
         FlowDensity(**FAST).fit(np.c_[a, np.full(300, 7.0), b + 1e-3 * a])  # cell, tilt
+        # A missing-value code shared by a few rows ties columns only there
+        # (correlation 1 - 1e-20); the bulk must show the relation too.
+        coded = rng.rand(2000, 3)
+        coded[:4, :2] = -999999.0
+        FlowDensity(**FAST).fit(coded)
+    assert degenerate_columns(coded, np.zeros(3)) == ([], [])
+    coded[:, 2] = coded[:, 0] - coded[:, 1]  # (but a relation in the bulk is)
+    assert {0, 1} <= set(degenerate_columns(coded, np.zeros(3))[1])
 
 
 def test_fewer_rows_than_features_warns_at_the_callers_line():

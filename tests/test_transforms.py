@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -228,6 +229,22 @@ def test_chunked_sampling_matches_one_pass_and_backpropagates(name, monkeypatch)
     assert any(bool(g.abs().sum() > 0) for g in chunked_grads)
 
 
+def test_marginal_cross_validation_mirrors_the_layer():
+    # gaussianizing_knots picks each column's map by held-out likelihoods
+    # computed in numpy: they must be the layer's, tails included.
+    from skflow._preprocessing import LINEAR_TAIL, _log_marginal, _segments
+
+    assert LINEAR_TAIL == PiecewiseLinear.LINEAR_TAIL
+    x_knots = np.array([-2.0, -1.0, 0.0, 1.5, 3.0])
+    z_knots = np.array([-2.0, -0.5, 0.0, 1.0, 2.0])
+    x = np.array([-1e30, -1e6, -100, -30, -3, -2.5, -1, 0, 2, 3, 4, 40, 80, 1e4, 1e8, 1e30])
+    expected = _log_marginal(x, x_knots, z_knots, _segments(x, x_knots))
+    layer = PiecewiseLinear(torch.tensor(x_knots)[None], torch.tensor(z_knots)[None])
+    z, ladj = layer(torch.tensor(x)[:, None])
+    got = -0.5 * z[:, 0] ** 2 - 0.5 * math.log(2 * math.pi) + ladj
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-9)
+
+
 def test_log_tails_is_piecewise_linear_with_two_knots():
     # The estimator's heavy-tailed latent: the elementwise LogTails must be
     # the same map as the general PiecewiseLinear with knots at +-bound and
@@ -236,7 +253,7 @@ def test_log_tails_is_piecewise_linear_with_two_knots():
     x = torch.randn(500, 3, dtype=torch.float64) * 20
     edge = torch.tensor([-5.0, 5.0], dtype=torch.float64).expand(3, 2)
     general, fast = PiecewiseLinear(edge, edge), LogTails(5.0)
-    general.LINEAR_TAIL = 0.0
+    general.linear_tail = 0.0
     for direction in ("forward", "inverse"):
         expected, got = getattr(general, direction)(x), getattr(fast, direction)(x)
         torch.testing.assert_close(got[0], expected[0])

@@ -227,7 +227,9 @@ class PiecewiseLinear(Transform):
     exact everywhere.
     """
 
-    # Normal units of linear tail past each end knot (see the class docstring).
+    # Normal units of linear tail past each end knot (see the class docstring);
+    # each layer holds its own ``linear_tail``, and layers pickled before it
+    # existed (by skflow 0.2) read 0: their logarithmic tails, as fitted.
     LINEAR_TAIL = 50.0
     # Beyond this many units past the linear tail, the inverse's exp saturates.
     MAX_TAIL = 80.0
@@ -237,6 +239,7 @@ class PiecewiseLinear(Transform):
 
     def __init__(self, x_knots: Tensor, z_knots: Tensor) -> None:
         super().__init__()
+        self.linear_tail = self.LINEAR_TAIL
         self.register_buffer("x_knots", torch.empty_like(x_knots))
         self.register_buffer("z_knots", torch.empty_like(z_knots))
         self.reset(x_knots, z_knots)
@@ -280,15 +283,17 @@ class PiecewiseLinear(Transform):
     def _tail(self, e: Tensor) -> tuple[Tensor, Tensor]:
         """``t(e)`` of the class docstring for excesses ``e >= 0``, and
         ``log t'(e)``."""
-        past = (e - self.LINEAR_TAIL).clamp(min=0)
+        linear = getattr(self, "linear_tail", 0.0)
+        past = (e - linear).clamp(min=0)
         log_past = torch.log1p(past)
-        return torch.where(past > 0, self.LINEAR_TAIL + log_past, e), -log_past
+        return torch.where(past > 0, linear + log_past, e), -log_past
 
     def _untail(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """The inverse of :meth:`_tail` (saturating ``MAX_TAIL`` units past
         the linear part), and its log-derivative."""
-        past = (t - self.LINEAR_TAIL).clamp(min=0, max=self.MAX_TAIL)
-        return torch.where(past > 0, self.LINEAR_TAIL + torch.expm1(past), t), past
+        linear = getattr(self, "linear_tail", 0.0)
+        past = (t - linear).clamp(min=0, max=self.MAX_TAIL)
+        return torch.where(past > 0, linear + torch.expm1(past), t), past
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         xt = x.T.contiguous()
@@ -326,7 +331,7 @@ class LogTails(Transform):
     ``z = sign(x) (bound + log(1 + |x| - bound))`` for ``|x| > bound``.
 
     The same map as a :class:`PiecewiseLinear` with knots at ``+-bound`` and
-    no linear stretch past them (``LINEAR_TAIL = 0``), in a few elementwise
+    no linear stretch past them (``linear_tail = 0``), in a few elementwise
     operations (it runs at every training step, after the
     learned layers): a far-out input gets a large negative log-density
     instead of the exponential blow-up of the layers before it squared.
