@@ -2245,6 +2245,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             _persistence.check_tensors(flow.state_dict(), tensors)
             # (check_tensors: the file's dtypes are those of the dtype parameter.)
             flow.load_state_dict(tensors, strict=True, assign=True)
+            restore_counts = getattr(flow.own_objective, "restore_counts", None)
+            if restore_counts is not None and "nfe_" in fitted:
+                restore_counts(fitted["nfe_"])  # (the weights' training history)
             if _version(saved_by) < (0, 3):
                 # Fitted with logarithmic marginal tails right past the knots.
                 for layer in flow.modules():

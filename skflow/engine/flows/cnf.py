@@ -588,6 +588,16 @@ class ContinuousFlow(Transform):
             self._fixed_pairings[digest] = ot_pairing(x0, x1, group).cpu()
         return self._fixed_pairings[digest].to(x0.device)
 
+    def restore_counts(self, nfe: dict) -> None:
+        """Carry on the evaluation counts of :attr:`nfe` (as a saved model
+        reports them), so a warm fit's ``fit_total`` covers all fits."""
+        total, per_solve = float(nfe["fit_total"]), float(nfe["fit_per_solve"])
+        if not (math.isfinite(total) and total >= 0 and math.isfinite(per_solve)):
+            raise ValueError(f"nfe_={nfe!r} holds no evaluation counts")
+        self._nfe_train = int(total)
+        self._n_train_solves = round(total / per_solve) if per_solve > 0 else 0
+        self._nfe_last = int(nfe.get("last_solve", 0))
+
     def __getstate__(self) -> dict:
         # Pickling and deepcopy (FlowDensity's pickles) leave the memo and the
         # last training solves (their probes) behind, with their count.
