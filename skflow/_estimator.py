@@ -59,6 +59,7 @@ from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_
 from skflow.engine.device import eval_chunk
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.flows import SHAPE_OPTIONS
+from skflow.engine.flows.cnf import unused_options
 from skflow.engine.rng import drawing_from, seeded_global_rng
 from skflow.engine.transforms import (
     Affine,
@@ -1134,6 +1135,14 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     def _seeded_flow(self, n_features: int, hidden_units: tuple[int, ...], seed: int) -> Flow:
         """A new flow, its initial weights drawn from ``seed``."""
         flow = self._built_flow(n_features, hidden_units, seed)
+        if self.kind == "cnf":
+            # (Valid values by now; at fit only: a saved model holding such
+            # an option still loads.)
+            for name, reason in unused_options(self.kind_options or {}).items():
+                raise ValueError(
+                    f"kind='cnf' option {name} has no effect with {reason}: remove it, or "
+                    "change the option it depends on."
+                )
         check_precision = getattr(flow.own_objective, "check_precision", None)
         if check_precision is not None:
             check_precision(_DTYPES[self.dtype])

@@ -348,6 +348,12 @@ def test_fit_is_reproducible():
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"coupling": "sinkhorn"}, "coupling"),
         ({"adjoint": "no"}, "adjoint must be True or False"),
+        # Settings that do nothing alongside the others: likely mistaken.
+        ({"training": "flow_matching", "adjoint": True}, "adjoint has no effect with training="),
+        ({"solver": "rk4", "rtol": 1e-3}, "rtol has no effect with the fixed-step solver 'rk4'"),
+        ({"n_steps": 8}, "n_steps has no effect with the adaptive solver 'dopri5'"),
+        ({"augment_samples": 4}, "augment_samples has no effect with augment_dims=0"),
+        ({"training": "mle", "coupling": "ot"}, "coupling has no effect with training='mle'"),
         ({"adjoint": 2}, "adjoint must be True or False"),
     ],
 )

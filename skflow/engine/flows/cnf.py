@@ -610,6 +610,29 @@ class ContinuousFlow(Transform):
         super().__setstate__(state)
 
 
+def unused_options(options: dict) -> dict[str, str]:
+    """The given ``options`` that have no effect alongside the others (or
+    their defaults), each with the reason: a setting that does nothing is
+    likely a mistaken one."""
+    training = options.get("training", "flow_matching")
+    solver = options.get("solver", "dopri5")
+    unused = {
+        "rtol": solver in FIXED_SOLVERS and f"the fixed-step solver {solver!r}",
+        "atol": solver in FIXED_SOLVERS and f"the fixed-step solver {solver!r}",
+        "n_steps": solver in ADAPTIVE_SOLVERS and f"the adaptive solver {solver!r}",
+        "augment_samples": not options.get("augment_dims", 0) and "augment_dims=0",
+        "adjoint": (
+            training == "flow_matching"
+            and bool(options.get("adjoint"))
+            and "training='flow_matching' (no ODE solve to backpropagate through)"
+        ),
+        "n_probes": training == "flow_matching" and "training='flow_matching' (no trace)",
+        "coupling": training == "mle" and "training='mle' (no noise-data pairs)",
+        "sigma_min": training == "mle" and "training='mle' (no probability paths)",
+    }
+    return {name: str(reason) for name, reason in unused.items() if name in options and reason}
+
+
 def build_cnf(
     n_features: int, *, n_layers: int, hidden_units: Sequence[int], **options: Any
 ) -> Transform:
