@@ -69,24 +69,27 @@ def _decompressed(path: str) -> Iterator[IO[bytes]]:
     """The CSV bytes of ``path`` as pandas would read them: the file, the
     only member of a .zip or .tar archive (.tar.gz and the like included),
     or the file decompressed by its suffix."""
-    suffixes = [s.lower() for s in Path(path).suffixes[-2:]]
+    name = Path(path).name.lower()
     with ExitStack() as stack:
         stream: IO[bytes] | None
-        if ".tar" in suffixes:
+        # (pandas' own rule: a tar archive by these endings only.)
+        if name.endswith((".tar", ".tar.gz", ".tar.bz2", ".tar.xz")):
             tar = stack.enter_context(tarfile.open(path))
             member = next((m for m in tar if m.isfile()), None)
             stream = tar.extractfile(member) if member is not None else None
-        elif suffixes[-1:] == [".zip"]:
+        elif name.endswith(".zip"):
             zipped = stack.enter_context(zipfile.ZipFile(path))
-            names = zipped.namelist()
-            stream = zipped.open(names[0]) if names else None
-        elif suffixes[-1:] == [".zst"]:
+            files = [n for n in zipped.namelist() if not n.endswith("/")]
+            if len(files) > 1 or len(files) < len(zipped.namelist()):
+                raise CLIError(f"{path} must hold exactly one file (the CSV), as pandas reads it.")
+            stream = zipped.open(files[0]) if files else None
+        elif name.endswith(".zst"):
             raise CLIError(
                 f"{path}: cannot tell whether a .zst file starts with a header; "
                 "pass --header or --no-header."
             )
         else:
-            stream = _OPENERS.get(suffixes[-1] if suffixes else "", open)(path, "rb")
+            stream = _OPENERS.get(Path(name).suffix, open)(path, "rb")
         if stream is None:
             raise CLIError(f"{path} is an empty archive.")
         yield stack.enter_context(stream)
@@ -152,8 +155,13 @@ def read_table(path: str, header: bool | None):
     else:
         source = path  # pandas streams the file itself
     if header is None:
-        with _decompressed(source) if isinstance(source, str) else nullcontext(source) as stream:
-            head = _first_line(stream)
+        try:
+            with (
+                _decompressed(source) if isinstance(source, str) else nullcontext(source) as stream
+            ):
+                head = _first_line(stream)
+        except (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, EOFError) as exc:
+            raise CLIError(f"{path} is not a readable archive: {_one_line(exc)}") from None
         if isinstance(source, io.BytesIO):
             source.seek(0)
         header = _has_header(head, path)

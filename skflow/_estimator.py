@@ -135,6 +135,15 @@ def _is_cell_table(cell) -> bool:
     return arrays and values.shape == half.shape and (reach is None or isinstance(reach, Real))
 
 
+def _marginal_tails(flow: torch.nn.Module) -> list[float]:
+    """The ``linear_tail`` of each marginal map (PiecewiseLinear) of ``flow``."""
+    return [
+        float(getattr(m, "linear_tail", 0.0))
+        for m in flow.modules()
+        if isinstance(m, PiecewiseLinear)
+    ]
+
+
 def _version(text) -> tuple[int, ...]:
     """``"0.2.0"`` as ``(0, 2, 0)`` (an unreadable version as the oldest)."""
     try:
@@ -2180,6 +2189,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         output = self.__dict__.get("_sklearn_output_config")
         if output:  # set_output(transform=...), as pickle would keep it
             header["output"] = _persistence.encode(output, "set_output")
+        tails = _marginal_tails(self.flow_)
+        if tails:  # (a model first fitted by skflow 0.2 keeps its 0 through re-saves)
+            header["marginal_tails"] = tails
         _persistence.write(path, header, self.flow_.state_dict())
         return self
 
@@ -2257,11 +2269,20 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             restore_counts = getattr(flow.own_objective, "restore_counts", None)
             if restore_counts is not None and "nfe_" in fitted:
                 restore_counts(fitted["nfe_"])  # (the weights' training history)
-            if _version(saved_by) < (0, 3):
-                # Fitted with logarithmic marginal tails right past the knots.
-                for layer in flow.modules():
-                    if isinstance(layer, PiecewiseLinear):
-                        layer.linear_tail = 0.0
+            # Files without the entry come from skflow 0.2: logarithmic
+            # marginal tails right past the knots.
+            tails = header.get("marginal_tails", [] if _version(saved_by) >= (0, 3) else None)
+            layers = [m for m in flow.modules() if isinstance(m, PiecewiseLinear)]
+            if tails is None:
+                tails = [0.0] * len(layers)
+            if not (
+                isinstance(tails, list)
+                and len(tails) in (0, len(layers))
+                and all(isinstance(t, (int, float)) and 0 <= t < math.inf for t in tails)
+            ):
+                raise ValueError(f"its marginal_tails {tails!r} are not one length per layer")
+            for layer, tail in zip(layers, tails, strict=False):  # ([]: the defaults)
+                layer.linear_tail = float(tail)
             split = (
                 _checked_split(_persistence.decode(header["split"])) if "split" in header else None
             )

@@ -276,7 +276,12 @@ def degenerate_columns(
         q1, q3 = np.quantile(X, [0.25, 0.75], axis=0)
         reach = GAP_RATIO * np.where(q3 > q1, q3 - q1, np.sqrt(var))
         bulk = np.all((X >= q1 - reach) & (X <= q3 + reach), axis=1)
-        if not bulk.all() and (weights is None or weights[bulk].sum() > 0):
+        # (Too few bulk rows to tell: the whole data's answer stands.)
+        if (
+            not bulk.all()
+            and bulk.sum() > X.shape[1]
+            and (weights is None or weights[bulk].sum() > 0)
+        ):
             tied = np.intersect1d(
                 tied, _tied_columns(X[bulk], noise_var, None if weights is None else weights[bulk])
             )

@@ -12,7 +12,7 @@ import pytest
 from sklearn.datasets import make_moons
 
 from skflow import FlowDensity
-from skflow._cli import main, read_table
+from skflow._cli import CLIError, main, read_table
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 FAST = ["--n-layers", "2", "--hidden-units", "16", "--max-iter", "5", "--random-state", "0"]
@@ -176,6 +176,22 @@ def test_archives_guess_their_header_from_their_csv(tmp_path, header, suffix, mo
             archive.addfile(member, io.BytesIO(content.encode()))
     got = read_table(str(path), None)
     assert got.shape == (3, 2) and isinstance(got, pd.DataFrame) == header
+
+
+def test_archive_names_and_broken_archives(tmp_path):
+    import zipfile
+
+    # A plain CSV whose name holds ".tar" is no archive (pandas' rule).
+    (tmp_path / "data.tar.csv").write_text("a,b\n1,2\n3,4\n")
+    assert read_table(str(tmp_path / "data.tar.csv"), None).shape == (2, 2)
+    (tmp_path / "bad.tar.gz").write_bytes(b"garbage")
+    with pytest.raises(CLIError, match="bad.tar.gz is not a readable archive"):
+        read_table(str(tmp_path / "bad.tar.gz"), None)
+    with zipfile.ZipFile(tmp_path / "dir.zip", "w") as archive:  # as zip -r writes
+        archive.writestr("d/", "")
+        archive.writestr("d/x.csv", "a,b\n1,2\n")
+    with pytest.raises(CLIError, match="must hold exactly one file"):
+        read_table(str(tmp_path / "dir.zip"), None)
 
 
 @pytest.mark.parametrize("header", [True, False])

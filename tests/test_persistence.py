@@ -341,6 +341,7 @@ def _resave(path, edit_header=None, edit_tensors=None):
             None,
             "transform",
         ),
+        (lambda h: h.update(marginal_tails=[50.0, -1.0]), None, "marginal_tails"),
     ],
     ids=[
         "layers",
@@ -364,6 +365,7 @@ def _resave(path, edit_header=None, edit_tensors=None):
         "huge network",
         "many layers",
         "output",
+        "tails",
     ],  # fmt: skip
 )
 def test_incompatible_contents_fail_clearly(saved, edit_header, edit_tensors, match):
@@ -554,7 +556,8 @@ def test_models_from_skflow_0_2_keep_their_logarithmic_tails(fitted, saved):
     from skflow.engine.transforms import PiecewiseLinear
 
     far = X[:3] + 1e3 * X.std(axis=0)
-    _resave(saved, lambda h: h.update(skflow_version="0.2.0"))
+    # (0.2 wrote no marginal_tails entry.)
+    _resave(saved, lambda h: h.update(skflow_version="0.2.0") or h.pop("marginal_tails"))
     old = FlowDensity.load(saved)
     marginal = [m for m in old.flow_.modules() if isinstance(m, PiecewiseLinear)]
     assert marginal and all(m.linear_tail == 0.0 for m in marginal)
@@ -565,6 +568,15 @@ def test_models_from_skflow_0_2_keep_their_logarithmic_tails(fitted, saved):
     np.testing.assert_array_equal(pickled.score_samples(far), old.score_samples(far))
     assert not np.allclose(fitted.score_samples(far), old.score_samples(far))
     np.testing.assert_array_equal(old.score_samples(X), fitted.score_samples(X))
+    # Saved again by this version (the file then says 0.3): still 0.2's tails.
+    for model in (old, pickled):
+        model.save(saved)
+        again = FlowDensity.load(saved)
+        np.testing.assert_array_equal(again.score_samples(far), old.score_samples(far))
+    fitted.save(saved)  # (and this version's own tails stay too)
+    np.testing.assert_array_equal(
+        FlowDensity.load(saved).score_samples(far), fitted.score_samples(far)
+    )
 
 
 def test_continuous_flow_counts_carry_on_after_load(tmp_path):
@@ -589,3 +601,15 @@ def test_continuous_flow_counts_carry_on_after_load(tmp_path):
         loaded.fit(X)
         pickled.fit(X)
     assert loaded.nfe_ == pickled.nfe_ and loaded.nfe_["fit_total"] > est.nfe_["fit_total"]
+    # Forged counts are refused like any other bad entry, not an OverflowError.
+    est.save(tmp_path / "m.safetensors")
+    _resave(
+        tmp_path / "m.safetensors",
+        lambda h: h["fitted"].update(
+            nfe_=_persistence.encode(
+                {"fit_total": 1e300, "fit_per_solve": 1e-300, "last_solve": 14}, "nfe_"
+            )
+        ),
+    )
+    with pytest.raises(ValueError, match="holds no evaluation counts"):
+        FlowDensity.load(tmp_path / "m.safetensors")

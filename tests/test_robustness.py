@@ -621,6 +621,14 @@ def test_columns_without_a_density_warn():
     assert degenerate_columns(coded, np.zeros(3)) == ([], [])
     coded[:, 2] = coded[:, 0] - coded[:, 1]  # (but a relation in the bulk is)
     assert {0, 1} <= set(degenerate_columns(coded, np.zeros(3))[1])
+    # Every row far out somewhere: no bulk to check against, the relation stands.
+    spread = rng.normal(size=(600, 6))
+    for j in range(6):
+        spread[j * 100 : (j + 1) * 100, j] = 1e6 + np.arange(100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        tied = degenerate_columns(np.c_[spread, spread[:, 0] + spread[:, 1]], np.zeros(7))[1]
+    assert tied == [0, 1, 6]
 
 
 def test_fewer_rows_than_features_warns_at_the_callers_line():

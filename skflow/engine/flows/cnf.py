@@ -592,11 +592,11 @@ class ContinuousFlow(Transform):
         """Carry on the evaluation counts of :attr:`nfe` (as a saved model
         reports them), so a warm fit's ``fit_total`` covers all fits."""
         total, per_solve = float(nfe["fit_total"]), float(nfe["fit_per_solve"])
-        if not (math.isfinite(total) and total >= 0 and math.isfinite(per_solve)):
+        last = float(nfe.get("last_solve", 0))
+        solves = total / per_solve if per_solve > 0 else 0.0
+        if not all(math.isfinite(v) and 0 <= v < 2**62 for v in (total, solves, last)):
             raise ValueError(f"nfe_={nfe!r} holds no evaluation counts")
-        self._nfe_train = int(total)
-        self._n_train_solves = round(total / per_solve) if per_solve > 0 else 0
-        self._nfe_last = int(nfe.get("last_solve", 0))
+        self._nfe_train, self._n_train_solves, self._nfe_last = int(total), round(solves), int(last)
 
     def __getstate__(self) -> dict:
         # Pickling and deepcopy (FlowDensity's pickles) leave the memo and the
