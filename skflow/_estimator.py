@@ -12,6 +12,7 @@ import copy
 import inspect
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -145,11 +146,12 @@ def _marginal_tails(flow: torch.nn.Module) -> list[float]:
 
 
 def _version(text) -> tuple[int, ...]:
-    """``"0.2.0"`` as ``(0, 2, 0)`` (an unreadable version as the oldest)."""
-    try:
-        return tuple(int(part) for part in str(text).split(".")[:3])
-    except ValueError:
+    """``"0.2.0"`` as ``(0, 2, 0)``, ``"1.0.0rc1"`` as ``(1, 0, 0)`` (an
+    unreadable version as the oldest)."""
+    parts = [re.match(r"\d+", part) for part in str(text).split(".")[:3]]
+    if not parts or not all(parts):
         return (0,)
+    return tuple(int(cast(re.Match, part).group()) for part in parts)
 
 
 def _is_numeric_dtype(name) -> bool:
