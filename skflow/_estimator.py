@@ -12,7 +12,6 @@ import copy
 import inspect
 import math
 import os
-import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -60,7 +59,6 @@ from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_
 from skflow.engine.device import eval_chunk
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.flows import SHAPE_OPTIONS
-from skflow.engine.flows.cnf import unused_options
 from skflow.engine.rng import drawing_from, seeded_global_rng
 from skflow.engine.transforms import (
     Affine,
@@ -143,15 +141,6 @@ def _marginal_tails(flow: torch.nn.Module) -> list[float]:
         for m in flow.modules()
         if isinstance(m, PiecewiseLinear)
     ]
-
-
-def _version(text) -> tuple[int, ...]:
-    """``"0.2.0"`` as ``(0, 2, 0)``, ``"1.0.0rc1"`` as ``(1, 0, 0)`` (an
-    unreadable version as the oldest)."""
-    parts = [re.match(r"\d+", part) for part in str(text).split(".")[:3]]
-    if not parts or not all(parts):
-        return (0,)
-    return tuple(int(cast(re.Match, part).group()) for part in parts)
 
 
 def _is_numeric_dtype(name) -> bool:
@@ -1146,14 +1135,16 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     def _seeded_flow(self, n_features: int, hidden_units: tuple[int, ...], seed: int) -> Flow:
         """A new flow, its initial weights drawn from ``seed``."""
         flow = self._built_flow(n_features, hidden_units, seed)
-        if self.kind == "cnf":
-            # (Valid values by now; at fit only: a saved model holding such
-            # an option still loads.)
-            for name, reason in unused_options(self.kind_options or {}).items():
-                raise ValueError(
-                    f"kind='cnf' option {name} has no effect with {reason}: remove it, or "
-                    "change the option it depends on."
-                )
+        # (Valid values by now; at fit only: a saved model holding such an
+        # option still loads.)
+        unused: Callable[[dict], dict[str, str]] = getattr(
+            flow.own_objective, "unused_options", lambda given: {}
+        )
+        for name, reason in unused(self.kind_options or {}).items():
+            raise ValueError(
+                f"kind={self.kind!r} option {name} has no effect with {reason}: remove it, or "
+                "change the option it depends on."
+            )
         check_precision = getattr(flow.own_objective, "check_precision", None)
         if check_precision is not None:
             check_precision(_DTYPES[self.dtype])
@@ -2271,19 +2262,17 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             restore_counts = getattr(flow.own_objective, "restore_counts", None)
             if restore_counts is not None and "nfe_" in fitted:
                 restore_counts(fitted["nfe_"])  # (the weights' training history)
-            # Files without the entry come from skflow 0.2: logarithmic
-            # marginal tails right past the knots.
-            tails = header.get("marginal_tails", [] if _version(saved_by) >= (0, 3) else None)
+            # Files without the entry come from skflow 0.2 (logarithmic
+            # marginal tails right past the knots) or hold no marginal map.
             layers = [m for m in flow.modules() if isinstance(m, PiecewiseLinear)]
-            if tails is None:
-                tails = [0.0] * len(layers)
+            tails = header.get("marginal_tails", [0.0] * len(layers))
             if not (
                 isinstance(tails, list)
-                and len(tails) in (0, len(layers))
+                and len(tails) == len(layers)
                 and all(isinstance(t, (int, float)) and 0 <= t < math.inf for t in tails)
             ):
                 raise ValueError(f"its marginal_tails {tails!r} are not one length per layer")
-            for layer, tail in zip(layers, tails, strict=False):  # ([]: the defaults)
+            for layer, tail in zip(layers, tails, strict=True):
                 layer.linear_tail = float(tail)
             split = (
                 _checked_split(_persistence.decode(header["split"])) if "split" in header else None

@@ -241,12 +241,17 @@ def effective_rows(n: int, weights: np.ndarray | None) -> float:
 DEPENDENT_RTOL = 1e-10
 
 
+def _variances(X: np.ndarray, noise_var: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Each column's (weighted) variance with its dequantization noise's."""
+    return np.average(np.square(X - np.average(X, axis=0, weights=weights)), 0, weights) + noise_var
+
+
 def _tied_columns(X: np.ndarray, noise_var: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     """Columns of ``X`` (varying ones only) that an (almost) exact linear
     relation ties together: those weighing in the correlation matrix's
     smallest eigenvector, when that eigenvalue is ``DEPENDENT_RTOL`` of the
     largest or less."""
-    var = np.average(np.square(X - np.average(X, axis=0, weights=weights)), 0, weights) + noise_var
+    var = _variances(X, noise_var, weights)
     varies = np.flatnonzero(var > 0)
     if varies.size < 2 or X.shape[0] <= varies.size:  # (fewer rows: fit warns of that)
         return np.empty(0, dtype=int)
@@ -266,7 +271,7 @@ def degenerate_columns(
     """Columns of ``X`` (with dequantization noise of variance ``noise_var``)
     on which no density exists: constant ones, and those that an (almost)
     exact linear relation ties together (the ones weighing in it)."""
-    var = np.average(np.square(X - np.average(X, axis=0, weights=weights)), 0, weights) + noise_var
+    var = _variances(X, noise_var, weights)
     constant = np.flatnonzero(~(var > 0)).tolist()
     tied = _tied_columns(X, noise_var, weights)
     if tied.size:

@@ -549,16 +549,6 @@ def test_coupling_pickles_without_derived_views_load(kind, monkeypatch):
     np.testing.assert_array_equal(pickle.loads(old).score_samples(X), est.score_samples(X))
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [("0.2.0", (0, 2, 0)), ("0.10.1", (0, 10, 1)), ("1.0.0rc1", (1, 0, 0)), ("x", (0,))],
-)
-def test_saved_versions_compare_as_numbers(text, expected):
-    from skflow._estimator import _version
-
-    assert _version(text) == expected
-
-
 def test_models_from_skflow_0_2_keep_their_logarithmic_tails(fitted, saved):
     # skflow 0.2's marginal map turned logarithmic right past its last knots;
     # 0.3's goes on linearly for 50 normal units. A model fitted before scores

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
 from typing import Any, cast
 
@@ -588,6 +588,27 @@ class ContinuousFlow(Transform):
             self._fixed_pairings[digest] = ot_pairing(x0, x1, group).cpu()
         return self._fixed_pairings[digest].to(x0.device)
 
+    def unused_options(self, given: Iterable[str]) -> dict[str, str]:
+        """Those of the ``given`` option names that have no effect with this
+        layer's other settings, each with the reason: a setting that does
+        nothing is likely a mistaken one."""
+        fixed, mle = self.solver in FIXED_SOLVERS, self.training_method == "mle"
+        unused = {
+            "rtol": fixed and f"the fixed-step solver {self.solver!r}",
+            "atol": fixed and f"the fixed-step solver {self.solver!r}",
+            "n_steps": not fixed and f"the adaptive solver {self.solver!r}",
+            "augment_samples": not self.augment_dims and "augment_dims=0",
+            "adjoint": (
+                not mle
+                and self.adjoint
+                and "training='flow_matching' (no ODE solve to backpropagate through)"
+            ),
+            "n_probes": not mle and "training='flow_matching' (no trace)",
+            "coupling": mle and "training='mle' (no noise-data pairs)",
+            "sigma_min": mle and "training='mle' (no probability paths)",
+        }
+        return {name: str(reason) for name, reason in unused.items() if name in given and reason}
+
     def restore_counts(self, nfe: dict) -> None:
         """Carry on the evaluation counts of :attr:`nfe` (as a saved model
         reports them), so a warm fit's ``fit_total`` covers all fits."""
@@ -608,29 +629,6 @@ class ContinuousFlow(Transform):
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_training_solves", [])  # pickled by skflow 0.2.0
         super().__setstate__(state)
-
-
-def unused_options(options: dict) -> dict[str, str]:
-    """The given ``options`` that have no effect alongside the others (or
-    their defaults), each with the reason: a setting that does nothing is
-    likely a mistaken one."""
-    training = options.get("training", "flow_matching")
-    solver = options.get("solver", "dopri5")
-    unused = {
-        "rtol": solver in FIXED_SOLVERS and f"the fixed-step solver {solver!r}",
-        "atol": solver in FIXED_SOLVERS and f"the fixed-step solver {solver!r}",
-        "n_steps": solver in ADAPTIVE_SOLVERS and f"the adaptive solver {solver!r}",
-        "augment_samples": not options.get("augment_dims", 0) and "augment_dims=0",
-        "adjoint": (
-            training == "flow_matching"
-            and bool(options.get("adjoint"))
-            and "training='flow_matching' (no ODE solve to backpropagate through)"
-        ),
-        "n_probes": training == "flow_matching" and "training='flow_matching' (no trace)",
-        "coupling": training == "mle" and "training='mle' (no noise-data pairs)",
-        "sigma_min": training == "mle" and "training='mle' (no probability paths)",
-    }
-    return {name: str(reason) for name, reason in unused.items() if name in options and reason}
 
 
 def build_cnf(
