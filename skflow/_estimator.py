@@ -56,7 +56,7 @@ from skflow._preprocessing import (
 )
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
-from skflow.engine.device import eval_chunk
+from skflow.engine.device import in_chunks
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.flows import SHAPE_OPTIONS
 from skflow.engine.rng import drawing_from, seeded_global_rng
@@ -348,16 +348,14 @@ def _check_size(est: FlowDensity, fitted: dict, tensors: dict[str, torch.Tensor]
         )
 
 
-def _usable_device(wanted: str | torch.device) -> torch.device:
-    """``wanted`` if this machine has it, else the CPU with a warning, so a
-    model fitted on a GPU still loads (pickle or :meth:`FlowDensity.load`)
-    on a machine without one."""
+def _usable_device(wanted: str | torch.device, dtype: torch.dtype) -> torch.device:
+    """``wanted`` if this machine has it, else the GPU ``"auto"`` picks for
+    ``dtype`` (or the CPU) with a warning, so a model fitted on a GPU still
+    loads (pickle or :meth:`FlowDensity.load`) on a machine without that one."""
     try:
-        return resolve_device(wanted)
+        return resolve_device(wanted, dtype)
     except ValueError:
-        # (A GPU index this machine lacks: its current GPU, if it has one.)
-        cuda = torch.device(wanted).type == "cuda" and torch.cuda.is_available()
-        device = resolve_device("cuda") if cuda else torch.device("cpu")
+        device = resolve_device("auto", dtype)
         warnings.warn(
             f"This FlowDensity was fitted on {wanted}, which is not available here; "
             f"it will score and sample on {device}.",
@@ -1562,21 +1560,23 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         are not passed to ``fn`` (an ODE solver would fail on them) and
         come back NaN."""
         out = np.full((X.shape[0],) if width is None else (X.shape[0], width), np.nan)
+
+        def step(start: int, stop: int) -> None:
+            block = X[start:stop]
+            if shift is not None:
+                with np.errstate(over="ignore"):  # inf: not finite below
+                    block = block - shift
+            # A contiguous copy: read-only (memmapped) and reversed
+            # (X[::-1]) input are fine.
+            chunk = torch.tensor(np.ascontiguousarray(block), dtype=self._flow_dtype())
+            finite = torch.isfinite(chunk).all(dim=1)
+            if bool(finite.any()):
+                mapped = fn(chunk[finite].to(self.device_))
+                # A view of out: the masked assignment writes through.
+                out[start:stop][finite.numpy()] = mapped.cpu().double().numpy()
+
         with torch.inference_mode():
-            rows = eval_chunk(self.device_)
-            for start in range(0, X.shape[0], rows):
-                block = X[start : start + rows]
-                if shift is not None:
-                    with np.errstate(over="ignore"):  # inf: not finite below
-                        block = block - shift
-                # A contiguous copy: read-only (memmapped) and reversed
-                # (X[::-1]) input are fine.
-                chunk = torch.tensor(np.ascontiguousarray(block), dtype=self._flow_dtype())
-                finite = torch.isfinite(chunk).all(dim=1)
-                if bool(finite.any()):
-                    mapped = fn(chunk[finite].to(self.device_))
-                    # A view of out: the masked assignment writes through.
-                    out[start : start + rows][finite.numpy()] = mapped.cpu().double().numpy()
+            in_chunks(X.shape[0], self.device_, step)
         return out
 
     def _log_density(self, X: np.ndarray) -> np.ndarray:
@@ -2105,7 +2105,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             self._fitted_params = copy.deepcopy(self.get_params(deep=False))
         if "flow_" not in self.__dict__:
             return
-        device = _usable_device(self.__dict__.get("device_", torch.device("cpu")))
+        device = _usable_device(
+            self.__dict__.get("device_", torch.device("cpu")), self._flow_dtype()
+        )
         self.flow_ = self.flow_.to(device)
         self.device_ = device
 
@@ -2306,6 +2308,6 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             # there on a CPU-only machine). The file's parameters stay saved.
             est.device = device
         else:
-            est.device_ = _usable_device(saved_device)
+            est.device_ = _usable_device(saved_device, flow.dequantization.dtype)
         est.flow_ = flow.to(est.device_).eval()
         return est

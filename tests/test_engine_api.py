@@ -247,3 +247,45 @@ def test_training_steps_use_the_loss_validation_reports(kind):
     idx = torch.arange(0, 64, 3)
     with torch.no_grad():
         torch.testing.assert_close(loss(*inputs(idx)), flow.training_loss(rows[idx]).mean())
+
+
+def test_chunks_halve_on_a_gpu_that_runs_out_of_memory():
+    from skflow.engine.device import EVAL_CHUNK, in_chunks
+
+    # The fixed chunk size cannot know a flow's activations (an image Glow
+    # needs gigabytes for 65,536 rows): out of memory retries in halves.
+    done: list[tuple[int, int]] = []
+
+    def step(start: int, stop: int) -> None:
+        if stop - start > 10_000:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        done.append((start, stop))
+
+    in_chunks(100_000, torch.device("cuda", 0), step)
+    sizes = {stop - start for start, stop in done}
+    assert sizes == {EVAL_CHUNK // 8} | {100_000 % (EVAL_CHUNK // 8)}
+    assert [start for start, _ in done] == list(range(0, 100_000, EVAL_CHUNK // 8))
+    # MPS says so in a plain RuntimeError.
+    done.clear()
+
+    def mps_step(start: int, stop: int) -> None:
+        if stop - start > 5:
+            raise RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)")
+        done.append((start, stop))
+
+    in_chunks(12, torch.device("mps"), mps_step)
+    assert done[-1][1] == 12 and all(stop - start <= 5 for start, stop in done)
+
+    # Other errors, a CPU's memory and a single row that does not fit stay errors.
+    def failing(exc: Exception):
+        def step(start: int, stop: int) -> None:
+            raise exc
+
+        return step
+
+    with pytest.raises(RuntimeError, match="shape"):
+        in_chunks(10, torch.device("cuda", 0), failing(RuntimeError("shape")))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        in_chunks(10, torch.device("cpu"), failing(RuntimeError("out of memory")))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        in_chunks(3, torch.device("cuda", 0), failing(torch.cuda.OutOfMemoryError("out of memory")))

@@ -412,15 +412,28 @@ def test_file_from_a_gpu_machine_loads_on_cpu(fitted, tmp_path):
     moved.set_params(warm_start=True, max_iter=2).fit(X)
 
 
-def test_missing_gpu_index_falls_back_to_the_current_gpu(monkeypatch):
+def test_missing_gpu_falls_back_to_the_gpu_auto_picks(monkeypatch):
     from skflow._estimator import _usable_device
+    from skflow.engine import device as device_module
 
+    f32, f64 = torch.float32, torch.float64
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert _usable_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+    monkeypatch.setattr(device_module, "_mps_available", lambda: False)
+    assert _usable_device(torch.device("cuda", 0), f32) == torch.device("cuda", 0)
     with pytest.warns(UserWarning, match="fitted on cuda:3.*on cuda:0"):
-        assert _usable_device(torch.device("cuda", 3)) == torch.device("cuda", 0)
+        assert _usable_device(torch.device("cuda", 3), f32) == torch.device("cuda", 0)
+    # A Mac's model on a CUDA machine: its GPU, not the CPU.
+    with pytest.warns(UserWarning, match="fitted on mps.*on cuda:0"):
+        assert _usable_device(torch.device("mps"), f32) == torch.device("cuda", 0)
+    # A CUDA model on a Mac: MPS for float32, the CPU for float64.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "_mps_available", lambda: True)
+    with pytest.warns(UserWarning, match="on mps"):
+        assert _usable_device(torch.device("cuda", 0), f32) == torch.device("mps")
+    with pytest.warns(UserWarning, match="on cpu"):
+        assert _usable_device(torch.device("cuda", 0), f64) == torch.device("cpu")
 
 
 @pytest.mark.gpu

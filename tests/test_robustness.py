@@ -572,12 +572,10 @@ def test_fits_in_threads_match_fits_alone_and_leave_the_global_rng_alone():
 def test_scoring_and_sampling_in_chunks_match_one_pass(fitted, monkeypatch):
     # Chunks bound the memory of huge inputs (benchmarks/memory.py measures
     # it); they must not change the numbers.
-    import skflow._estimator
-    import skflow.engine.distributions
+    import skflow.engine.device
 
     scores, samples = fitted.score_samples(X), fitted.sample(50, random_state=0)
-    monkeypatch.setattr(skflow._estimator, "eval_chunk", lambda device: 7)
-    monkeypatch.setattr(skflow.engine.distributions, "eval_chunk", lambda device: 7)
+    monkeypatch.setattr(skflow.engine.device, "eval_chunk", lambda device: 7)
     np.testing.assert_allclose(fitted.score_samples(X), scores, rtol=1e-6)
     np.testing.assert_allclose(fitted.sample(50, random_state=0), samples, rtol=1e-5, atol=1e-6)
 

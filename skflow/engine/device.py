@@ -3,6 +3,8 @@ how many rows to process at a time on it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 EVAL_CHUNK = 65536
@@ -16,6 +18,35 @@ def eval_chunk(device: torch.device) -> int:
     """Rows per pass on ``device`` when nothing is differentiated (scoring,
     sampling): bounds the memory of large inputs."""
     return CPU_EVAL_CHUNK if device.type == "cpu" else EVAL_CHUNK
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    # MPS reports exhaustion as a plain RuntimeError.
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    )
+
+
+def in_chunks(n_rows: int, device: torch.device, step: Callable[[int, int], None]) -> None:
+    """Call ``step(start, stop)`` over the rows ``0..n_rows`` in chunks of
+    :func:`eval_chunk` rows. On a GPU, a chunk that runs out of memory is
+    retried in halves, and the smaller size kept for the chunks after it:
+    a chunk's activations grow with the flow (an image Glow needs gigabytes
+    for 65,536 rows), which the fixed size cannot know. ``step`` must leave
+    nothing half-done when it raises."""
+    rows = eval_chunk(device)
+    start = 0
+    while start < n_rows:
+        stop = min(start + rows, n_rows)
+        try:
+            step(start, stop)
+        except (RuntimeError, MemoryError) as exc:
+            if device.type == "cpu" or stop - start == 1 or not _out_of_memory(exc):
+                raise
+            rows = (stop - start) // 2
+            # (Outside the handler, the failed chunk's tensors are freed.)
+            continue
+        start = stop
 
 
 def _mps_available() -> bool:

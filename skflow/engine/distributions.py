@@ -8,7 +8,7 @@ from typing import Protocol, cast
 import torch
 from torch import Tensor, nn
 
-from skflow.engine.device import eval_chunk
+from skflow.engine.device import in_chunks
 from skflow.engine.rng import drawing_from
 from skflow.engine.transforms import Compose, Transform
 
@@ -182,7 +182,7 @@ class Flow(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` rows drawn from the flow, shape ``(n, D)``, on its device:
         base draws mapped through the inverse transform (in chunks of
-        :func:`~skflow.engine.device.eval_chunk` rows). With a CPU
+        :func:`~skflow.engine.device.in_chunks`). With a CPU
         ``generator`` the draws are reproducible on any device; without one
         they come from torch's global generator (and a layer's own draws from
         the thread's noise generator, if one is set: see :mod:`skflow.engine.rng`).
@@ -198,16 +198,16 @@ class Flow(nn.Module):
             return self._invert(z)
 
     def _invert(self, z: Tensor) -> Tensor:
-        chunk = eval_chunk(z.device)
-        if z.shape[0] <= chunk:
-            return self.transform.inverse(z)[0]
         # The latent draws are made at once (the same numbers for any n), the
         # inverse pass in chunks so its activations stay bounded; each chunk
         # goes straight into the output (a list then a concatenation would
         # hold it twice).
         out = torch.empty_like(z)
-        for start in range(0, z.shape[0], chunk):
-            out[start : start + chunk] = self.transform.inverse(z[start : start + chunk])[0]
+
+        def step(start: int, stop: int) -> None:
+            out[start:stop] = self.transform.inverse(z[start:stop])[0]
+
+        in_chunks(z.shape[0], z.device, step)
         return out
 
     def forward(self, x: Tensor) -> Tensor:

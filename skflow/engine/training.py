@@ -20,7 +20,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from skflow.engine.device import EVAL_CHUNK, eval_chunk
+from skflow.engine.device import EVAL_CHUNK, in_chunks
 from skflow.engine.distributions import Flow, OwnObjective
 from skflow.engine.ode import SolverUnderflow, underflow_as_error
 from skflow.engine.rng import draw, drawing_from
@@ -88,10 +88,13 @@ def validation_score(flow: Flow, X: Tensor, weights: Tensor | None = None) -> fl
     was_training = flow.training
     flow.eval()
     total = X.new_zeros(())
-    chunk = eval_chunk(X.device)
-    for start in range(0, X.shape[0], chunk):
-        loss = flow.training_loss(X[start : start + chunk])
-        total -= loss.sum() if weights is None else (loss * weights[start : start + chunk]).sum()
+
+    def step(start: int, stop: int) -> None:
+        nonlocal total
+        loss = flow.training_loss(X[start:stop])
+        total = total - (loss.sum() if weights is None else (loss * weights[start:stop]).sum())
+
+    in_chunks(X.shape[0], X.device, step)
     flow.train(was_training)
     return float(total) / (X.shape[0] if weights is None else float(weights.sum()))
 
@@ -391,7 +394,10 @@ def _draws_undone(device: torch.device) -> Iterator[None]:
     leave no trace: the generator, or torch's global one, is restored."""
     generator = current_generator()
     if generator is None:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        gpu = device.type in ("cuda", "mps")
+        with torch.random.fork_rng(
+            devices=[device] if gpu else [], device_type=device.type if gpu else "cuda"
+        ):
             yield
         return
     state = generator.get_state()
