@@ -120,16 +120,20 @@ def _is_number(field: str) -> bool:
     return True
 
 
+# What pandas reads as booleans: data, not names.
+_BOOLEANS = frozenset({"True", "TRUE", "true", "False", "FALSE", "false"})
+
+
 def _has_header(head: bytes, path: str) -> bool:
-    """A first line with any non-numeric field is a header (blank lines
-    before it are skipped, as pandas skips them). ``head``: the file's
-    first bytes."""
+    """A first line with any field that is neither a number nor a boolean
+    is a header (blank lines before it are skipped, as pandas skips them).
+    ``head``: the file's first bytes."""
     text = head.decode("utf-8-sig", errors="replace")
     rows = csv.reader(io.StringIO(text, newline=""))
     first = next((r for r in rows if len(r) > 1 or (r and r[0].strip())), None)
     if not first:
         raise CLIError(f"{path} is empty.")
-    return not all(_is_number(field) for field in first)
+    return not all(_is_number(field) or field.strip() in _BOOLEANS for field in first)
 
 
 def read_table(path: str, header: bool | None):
@@ -257,7 +261,7 @@ class _ReaderGone(Exception):
 
 
 def _write_table(frame, out: str | None, float_format: str | None = None) -> None:
-    if out is not None:
+    if out is not None and out != "-":
         frame.to_csv(out, index=False, float_format=float_format)
         return
     try:
@@ -342,7 +346,10 @@ _FIT_OPTIONS: dict[str, tuple[Callable[[str], object], str]] = {
     "max-time": (_max_time, "training time budget in seconds, or 'none' for no budget"),
     "device": (str, "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'"),
     "dtype": (str, "'float32' or 'float64'"),
-    "kind-options": (_json_dict, "extra options of the kind as JSON, e.g. '{\"n_bins\": 8}'"),
+    "kind-options": (
+        _json_dict,
+        "extra options of the kind as JSON, e.g. '{\"n_bins\": 8}' with --kind nsf",
+    ),
     "random-state": (int, "seed: the same seed and data give the same model"),
 }
 
@@ -600,7 +607,7 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
     )
     score.add_argument("model", help="model file written by 'fit'")
     score.add_argument("data", help="CSV file of rows to score, with the training columns")
-    score.add_argument("--out", help="CSV file to write (default: standard output)")
+    score.add_argument("--out", help="CSV file to write (default or -: standard output)")
     score.add_argument(
         "--weight-column",
         metavar="COLUMN",
@@ -618,7 +625,7 @@ def build_parser(prog: str = "skflow") -> argparse.ArgumentParser:
     sample.add_argument("model", help="model file written by 'fit'")
     sample.add_argument("-n", "--n-samples", type=int, default=100, help="rows (default: 100)")
     sample.add_argument("--random-state", type=int, help="seed for reproducible draws")
-    sample.add_argument("--out", help="CSV file to write (default: standard output)")
+    sample.add_argument("--out", help="CSV file to write (default or -: standard output)")
     sample.set_defaults(run=_sample)
     for command in (fit, score, sample):
         # (Also after the command; SUPPRESS keeps a flag given before it.)
@@ -632,11 +639,23 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+# The estimator's advice in the command line's terms.
+_CLI_WORDING = (
+    ("refit with warm_start=True to continue from here", "continue with 'fit --resume MODEL'"),
+    ("call fit again (warm_start=True) to continue", "run 'fit --resume MODEL' again to continue"),
+    ("increasing max_iter", "increasing --max-iter"),
+    ("raise max_time (None: no limit)", "raise --max-time (none: no limit)"),
+)
+
+
 def _warning_printer(prog: str):
     """A ``warnings.showwarning`` that prints one line ``prog: warning: ...``."""
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"{prog}: warning: {_one_line(message)}", file=sys.stderr)
+        text = _one_line(message)
+        for python, command in _CLI_WORDING:
+            text = text.replace(python, command)
+        print(f"{prog}: warning: {text}", file=sys.stderr)
 
     return show
 

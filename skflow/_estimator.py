@@ -20,6 +20,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from sklearn import config_context
 from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
@@ -48,6 +49,7 @@ from skflow._preprocessing import (
     fixed_noise,
     gaussianizing_knots,
     half_widths,
+    lattice_width,
     noise_cells,
     snap_to_cells,
     standardization,
@@ -273,6 +275,8 @@ def _center(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
 
 
 # Parameters that shape the flow: a warm start cannot change them.
+# The methods that take sample_weight, which metadata routing can request.
+_ROUTED_METHODS = ("fit", "score")
 _SHAPE_PARAMS = (
     "kind",
     "n_layers",
@@ -286,14 +290,21 @@ _SHAPE_PARAMS = (
 
 
 def _same_value(a, b) -> bool:
-    """Parameter equality that also compares arrays (``dequantize``), with
-    ``None`` and ``{}`` alike (``kind_options``) and a width ``h`` alike to
-    ``(h, h)`` (``hidden_units``)."""
-    a, b = ({} if v is None else (v, v) if isinstance(v, Integral) else v for v in (a, b))
+    """Parameter equality by value: numpy scalars like Python's, arrays,
+    tuples and lists elementwise (``dequantize``, ``image_shape``), dicts key
+    by key, and ``None`` like ``{}`` (``kind_options``)."""
+    a, b = ({} if v is None else v for v in (a, b))
+    if isinstance(a, dict) or isinstance(b, dict):
+        return (
+            isinstance(a, dict)
+            and isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(_same_value(a[key], b[key]) for key in a)
+        )
     if isinstance(a, str) or isinstance(b, str):
-        return type(a) is type(b) and a == b
+        return isinstance(a, str) and isinstance(b, str) and a == b
     if np.ndim(a) or np.ndim(b):
-        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+        return bool(np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object)))
     return bool(a == b)
 
 
@@ -408,11 +419,15 @@ def _warn_inexact_integers(X, dtypes) -> None:
 
 def _user_stacklevel() -> int:
     """The ``stacklevel`` at which a ``warnings.warn`` in the calling
-    function points at the first frame outside skflow and scikit-learn (the
-    user's line), however deep the call chain."""
+    function points at the first frame outside skflow, scikit-learn and
+    joblib (which runs cross-validation's fits): the user's line, however
+    deep the call chain."""
+    import joblib
     import sklearn
 
-    ours = (os.path.dirname(__file__), os.path.dirname(sklearn.__file__))
+    ours = tuple(
+        os.path.dirname(path) + os.sep for path in (__file__, sklearn.__file__, joblib.__file__)
+    )
     frame, level = sys._getframe(1), 1
     while frame.f_back is not None and frame.f_code.co_filename.startswith(ours):
         frame, level = frame.f_back, level + 1
@@ -645,7 +660,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     n_iter_ : int
         Number of epochs run (over all fits of a ``warm_start`` flow).
     hidden_units_ : tuple of int
-        The conditioner widths used (``hidden_units`` resolved).
+        The conditioner widths used (``hidden_units`` resolved; recorded but
+        unused by ``"planar"``, which has no conditioner).
     nfe_ : dict
         Only for ``"cnf"``: vector-field evaluations. ``"fit_total"`` in
         training solves (0 under flow matching, which solves no ODE; with
@@ -856,6 +872,8 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 f"cannot be represented accurately in {self.dtype}: at most "
                 f"{self._largest_representable():.3g}."
             )
+        if not isinstance(self.dequantize, str):
+            self._warn_undequantized(X, widths)
         cells = noise_cells(X, widths, auto=isinstance(self.dequantize, str))
         half = half_widths(X, cells)
         X = X - center
@@ -1099,6 +1117,29 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "discrete column it never saw (sample() rounds onto the first fit's values). "
                 "The density stays exact but may fit these rows poorly; fit with "
                 "warm_start=False to fit the fixed layers to them.",
+                UserWarning,
+                stacklevel=_user_stacklevel(),
+            )
+
+    def _warn_undequantized(self, X: np.ndarray, widths: np.ndarray) -> None:
+        """Warn of discrete columns (those ``"auto"`` would dequantize) given
+        width 0: their density grows with training. (Constant ones get
+        :meth:`_warn_degenerate`'s warning.)"""
+        steps = np.array(
+            [
+                lattice_width(col) if width == 0 and np.ptp(col) > 0 else 0.0
+                for col, width in zip(X.T, widths, strict=True)
+            ]
+        )
+        bare = np.flatnonzero(steps > 0)
+        if bare.size:
+            shown = [float(f"{step:.3g}") for step in steps[bare]]
+            warnings.warn(
+                f"Column(s) {bare.tolist()} of X take only a few distinct values (steps of "
+                f"{shown}) but are not dequantized (dequantize=False or a zero width): a "
+                "continuous density on them grows without bound as training goes on, so "
+                "their log-densities measure training length rather than the data. "
+                "Leave dequantize='auto', or give each its step as width.",
                 UserWarning,
                 stacklevel=_user_stacklevel(),
             )
@@ -2184,11 +2225,41 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         output = self.__dict__.get("_sklearn_output_config")
         if output:  # set_output(transform=...), as pickle would keep it
             header["output"] = _persistence.encode(output, "set_output")
+        requests = self._routing_requests()
+        if requests:  # set_fit_request(sample_weight=True) and the like, likewise
+            header["requests"] = requests
         tails = _marginal_tails(self.flow_)
         if tails:  # (a model first fitted by skflow 0.2 keeps its 0 through re-saves)
             header["marginal_tails"] = tails
         _persistence.write(path, header, self.flow_.state_dict())
         return self
+
+    def _routing_requests(self) -> dict[str, dict[str, bool | str]]:
+        """The metadata-routing requests set on this estimator
+        (``set_fit_request`` and the like), per method."""
+        request = self._get_metadata_request()
+        methods = {method: getattr(request, method).requests for method in _ROUTED_METHODS}
+        return {
+            method: {name: alias for name, alias in requests.items() if alias is not None}
+            for method, requests in methods.items()
+            if any(alias is not None for alias in requests.values())
+        }
+
+    def _set_routing_requests(self, requests: object) -> None:
+        if not (
+            isinstance(requests, dict)
+            and set(requests) <= set(_ROUTED_METHODS)
+            and all(
+                isinstance(params, dict)
+                and all(isinstance(alias, bool | str) for alias in params.values())
+                for params in requests.values()
+            )
+        ):
+            raise ValueError(f"its metadata requests {requests!r} are not ones sklearn knows")
+        # (The setters exist only while routing is on, whatever the user's setting.)
+        with config_context(enable_metadata_routing=True):
+            for method, params in requests.items():
+                getattr(self, f"set_{method}_request")(**params)
 
     @classmethod
     def load(cls, path, device=None):
@@ -2288,6 +2359,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 ):
                     raise ValueError(f"its set_output setting {output!r} is not one sklearn knows")
                 est.set_output(**output)
+            est._set_routing_requests(header.get("requests", {}))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             problem = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ValueError(

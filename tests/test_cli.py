@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.datasets import make_moons
+from sklearn.exceptions import ConvergenceWarning
 
 from skflow import FlowDensity
 from skflow._cli import CLIError, main, read_table
@@ -144,6 +146,23 @@ def test_header_is_detected(files, capsys, tmp_path):
         == 0
     )
     assert FlowDensity.load(model).feature_names_in_[0] != "width"
+
+
+def test_booleans_in_the_first_line_are_data(tmp_path, capsys):
+    # pandas reads True/False as data: the first row became the header (a
+    # row lost, columns named after values) and scoring failed on the names.
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"a": rng.normal(size=80), "b": rng.random(80) < 0.4})
+    data.loc[0, "b"] = True
+    data.to_csv(tmp_path / "d.csv", index=False, header=False)
+    X = read_table(str(tmp_path / "d.csv"), None)
+    assert isinstance(X, np.ndarray) and X.shape == (80, 2)
+    model = str(tmp_path / "m.skflow")
+    assert main(["fit", str(tmp_path / "d.csv"), "--out", model, *FAST]) == 0
+    assert "on 80 rows x 2 columns" in capsys.readouterr().err
+    # "-" writes to standard output, as it reads from standard input.
+    assert main(["score", model, str(tmp_path / "d.csv"), "--out", "-"]) == 0
+    assert capsys.readouterr().out.count("\n") == 81 and not (tmp_path / "-").exists()
 
 
 def test_header_guess_reads_the_whole_first_line(tmp_path):
@@ -385,6 +404,20 @@ def test_fit_weight_column(files, tmp_path, capsys):
     assert main(["score", str(named), str(tmp_path / "weighted.csv"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "column(s) 'w'" in err and "--weight-column w." in err
+
+
+def test_warnings_give_the_command_lines_advice(files, tmp_path, capsys):
+    # Not the estimator's "refit with warm_start=True", which a CLI user cannot set.
+    warnings.simplefilter("always", ConvergenceWarning)  # (pytest restores the filters)
+    model = str(tmp_path / "m.skflow")
+    assert main(["fit", str(files / "train.csv"), "--out", model, *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "reached max_iter=5" in err and "increasing --max-iter" in err
+    assert "continue with 'fit --resume MODEL'" in err and "warm_start" not in err
+    argv = ["fit", str(files / "train.csv"), "--out", model, "--resume", model, "--max-iter", "2"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "run 'fit --resume MODEL' again to continue" in err and "warm_start" not in err
 
 
 def test_fit_resume_continues_a_model(files, tmp_path, capsys):

@@ -66,6 +66,10 @@ def test_untrained_start_kept_is_reported(moons):
     with pytest.warns(ConvergenceWarning, match="None of the 20 epochs improved") as record:
         est = FlowDensity(learning_rate=1.0, max_iter=60, random_state=0).fit(moons)
     assert {w.filename for w in record} == {__file__}
+    # Also from cross-validation's fits, through joblib's frames.
+    with pytest.warns(ConvergenceWarning, match="None of the 20 epochs improved") as record:
+        cross_val_score(FlowDensity(learning_rate=1.0, max_iter=60, random_state=0), moons, cv=2)
+    assert {w.filename for w in record} == {__file__}
     assert est.best_epoch_ == 0
     assert est.best_validation_score_ > max(est.validation_scores_)
     rng = np.random.RandomState(0)

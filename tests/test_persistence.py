@@ -10,6 +10,7 @@ import warnings
 import joblib
 import numpy as np
 import pytest
+import sklearn
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,6 +108,24 @@ def test_round_trip_keeps_set_output(fitted, tmp_path):
     assert isinstance(
         FlowDensity.load(fitted.save(tmp_path / "d") and tmp_path / "d").transform(X), np.ndarray
     )
+
+
+def test_round_trip_keeps_metadata_requests(fitted, tmp_path):
+    # As pickle does: a loaded model in a GridSearchCV with routing on failed
+    # with UnsetMetadataPassedError.
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = pickle.loads(pickle.dumps(fitted))
+        est.set_fit_request(sample_weight=True).set_score_request(sample_weight="w")
+        est.save(tmp_path / "m.safetensors")
+        loaded = FlowDensity.load(tmp_path / "m.safetensors")
+        want = {"fit": {"sample_weight": True}, "score": {"sample_weight": "w"}}
+        assert loaded._routing_requests() == est._routing_requests() == want
+        assert (
+            FlowDensity.load(fitted.save(tmp_path / "d") and tmp_path / "d")._routing_requests()
+            == {}
+        )
+    # Routing off when loading: the requests are still restored.
+    assert FlowDensity.load(tmp_path / "m.safetensors")._routing_requests() == want
 
 
 def test_new_fitted_attributes_are_saved_generically(fitted, tmp_path):
@@ -315,6 +334,9 @@ def _resave(path, edit_header=None, edit_tensors=None):
             lambda t: t.update({"base._anchor": t["base._anchor"].half()}),
             "base._anchor .* torch.float16 instead of .* torch.float32",
         ),
+        (lambda h: h.update(requests={"predict": {"x": True}}), None, "metadata requests"),
+        (lambda h: h.update(requests={"fit": {"sample_weight": 1}}), None, "metadata requests"),
+        (lambda h: h.update(requests={"fit": {"weights": True}}), None, "weights"),
         (
             lambda h: h["split"]["__tuple__"].__setitem__(2, 10**9),
             None,
@@ -360,6 +382,9 @@ def _resave(path, edit_header=None, edit_tensors=None):
         "lattice",
         "cells",
         "float16",
+        "request method",
+        "request value",
+        "request name",
         "split size",
         "split generator",
         "huge network",

@@ -607,10 +607,18 @@ def test_columns_without_a_density_warn():
         FlowDensity(**FAST).fit(np.c_[a, b, a + b])
     with pytest.warns(UserWarning, match=r"Column\(s\) \[1\] of X are constant and not dequant"):
         FlowDensity(dequantize=False, **FAST).fit(np.c_[a, np.full(300, 7.0)])
+    # Discrete columns left without cells: their density grows with training
+    # (breastw's codes: held-out score +36.5 undequantized, -7.2 with cells).
+    codes = np.c_[a, rng.randint(0, 10, 300), 0.01 * rng.randint(0, 5, 300)]
+    with pytest.warns(UserWarning, match=r"\[1, 2\] of X take .* \(steps of \[1.0, 0.01\]\)"):
+        FlowDensity(dequantize=False, **FAST).fit(codes)
+    with pytest.warns(UserWarning, match=r"Column\(s\) \[2\] of X take only a few distinct"):
+        FlowDensity(dequantize=[0, 1, 0], **FAST).fit(codes)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
         FlowDensity(**FAST).fit(np.c_[a, np.full(300, 7.0), b + 1e-3 * a])  # cell, tilt
+        FlowDensity(dequantize=[0, 1, 0.005], **FAST).fit(codes)  # (narrower cells: a choice)
         # A missing-value code shared by a few rows ties columns only there
         # (correlation 1 - 1e-20); the bulk must show the relation too.
         coded = rng.rand(2000, 3)
