@@ -336,6 +336,11 @@ N_KNOTS = 128
 # 9999, a glitch) from the bulk: the map gets knots at both of its ends.
 GAP_RATIO = 10.0
 MAX_GAPS_PER_SIDE = 2
+# Likewise the edge between two touching dequantization cells whose densities
+# differ this many times (a value held by a few rows beside one held by most):
+# a coarse bin across it spread the common value's mass over the rare cell.
+JUMP_RATIO = 10.0
+MAX_JUMPS = 8
 # Weight of plain standardization in the quantile map: SHRINK_ROWS / (SHRINK_ROWS + n)
 # (measured on small real tables: 0 overfits ~100-row tables, 300 underfits ~400-row ones).
 SHRINK_ROWS = 100.0
@@ -354,13 +359,19 @@ def _mean_std(col: np.ndarray, w: np.ndarray | None) -> tuple[float, float]:
 
 
 def _quantile_knots(
-    col: np.ndarray, n: float, w: np.ndarray | None = None, cell: float = np.inf
+    col: np.ndarray,
+    n: float,
+    w: np.ndarray | None = None,
+    cell: float = np.inf,
+    jumps: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Knots of the map of one feature (``col``: its pooled values from ``n``
     rows, or effective rows under weights ``w``; ``cell`` its narrowest
-    dequantization cell) from smoothed quantiles to normal quantiles: ``x``
-    knots, their normal quantiles, and their plain standardization (the two
-    ``z`` knot sets that :func:`_quantile_map` blends)."""
+    dequantization cell; ``jumps`` the edges of cells where its density
+    jumps, see :func:`density_jumps`) from smoothed quantiles to normal
+    quantiles: ``x`` knots, their normal quantiles, and their plain
+    standardization (the two ``z`` knot sets that :func:`_quantile_map`
+    blends)."""
     n_bins = int(np.clip(round(2 * n ** (1 / 3)), 4, N_KNOTS - 3))
     p_lo, p_hi = 0.5 / n, 1 - 0.5 / n
     p_coarse = np.linspace(p_lo, p_hi, n_bins + 1)
@@ -375,7 +386,7 @@ def _quantile_knots(
     # Knots at the ends of wide empty gaps: a coarse bin across one spread
     # its share of the bulk over the gap (0.2% of rows at 9999 in an
     # N(20, 5) column cost rows beyond 2 deviations 3 nats each).
-    ends = _gap_ends(col, w, quartiles, scale)
+    ends = np.union1d(_gap_ends(col, w, quartiles, scale), _levels(col, w, jumps))
     ends = ends[(ends > p_lo) & (ends < p_hi)]
     p_coarse = np.union1d(p_coarse, ends)
     p_fine = _with_points(np.linspace(p_lo, p_hi, N_KNOTS - 2), ends)
@@ -438,6 +449,37 @@ def _gap_ends(
     return np.unique(levels)
 
 
+def density_jumps(x: np.ndarray, half: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Edges between touching dequantization cells of one feature (values
+    ``x``, half-widths ``half``, row weights ``w``) whose densities differ
+    ``JUMP_RATIO`` times or more: the ``MAX_JUMPS`` steepest. Only for a
+    feature dequantized on every row (a discrete one)."""
+    if x.size == 0 or not (half > 0).all():
+        return np.empty(0)
+    values, first, inverse = np.unique(x, return_index=True, return_inverse=True)
+    share = np.bincount(inverse, weights=w, minlength=values.size)
+    widths = 2 * half[first]
+    lower, upper = values - widths / 2, values + widths / 2
+    density = share / widths
+    touching = np.isclose(upper[:-1], lower[1:], rtol=0, atol=1e-9 * np.diff(values))
+    high = np.maximum(density[:-1], density[1:])
+    low = np.minimum(density[:-1], density[1:])
+    steep = np.flatnonzero(touching & (high >= JUMP_RATIO * low))
+    steep = steep[np.argsort(-(high[steep] / np.maximum(low[steep], 1e-300)))][:MAX_JUMPS]
+    return np.sort(upper[steep])
+
+
+def _levels(col: np.ndarray, w: np.ndarray | None, points: np.ndarray | None) -> np.ndarray:
+    """The (weighted) share of ``col`` below each of ``points``."""
+    if points is None or points.size == 0:
+        return np.empty(0)
+    if w is None:
+        return np.searchsorted(np.sort(col), points) / col.size
+    order = np.argsort(col)
+    below = np.concatenate([[0.0], np.cumsum(w[order])])
+    return below[np.searchsorted(col[order], points)] / below[-1]
+
+
 def _with_points(grid: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Sorted ``grid`` with each of ``points`` in place of its nearest
     interior node not already replaced (so the count stays the same)."""
@@ -480,11 +522,16 @@ def _spread_ties(knots: np.ndarray, gap: float) -> np.ndarray:
 
 
 def _quantile_map(
-    col: np.ndarray, n: float, shrink: float, w: np.ndarray | None, cell: float = np.inf
+    col: np.ndarray,
+    n: float,
+    shrink: float,
+    w: np.ndarray | None,
+    cell: float = np.inf,
+    jumps: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Knots of the quantile map of one feature blended with plain
     standardization with weight ``shrink`` (1 = standardization only)."""
-    x_knots, z_knots, linear = _quantile_knots(col, n, w, cell)
+    x_knots, z_knots, linear = _quantile_knots(col, n, w, cell, jumps)
     return x_knots, (1 - shrink) * z_knots + shrink * linear
 
 
@@ -573,6 +620,7 @@ def gaussianizing_knots(
     for j in range(n_features):
         cells = 2 * half[:, j][half[:, j] > 0]
         cell = float(cells.min()) if cells.size else np.inf
+        jumps = density_jumps(X[:, j], half[:, j], weights)
         halves = [pooled[j][:, folds == k] for k in (0, 1)]
         half_w = [weights_of(h, folds == k) for k, h in enumerate(halves)]
         scores = [0.0] * len(candidates)
@@ -580,7 +628,9 @@ def gaussianizing_knots(
             for k in (0, 1):
                 # The candidates share the x knots (and so the quantiles and
                 # the segment of each held-out value); only the z knots differ.
-                x_k, z_k, linear = _quantile_knots(halves[k].ravel(), n_fold[k], half_w[k], cell)
+                x_k, z_k, linear = _quantile_knots(
+                    halves[k].ravel(), n_fold[k], half_w[k], cell, jumps
+                )
                 held = halves[1 - k].ravel()
                 idx = _segments(held, x_k)
                 for c, shrink in enumerate(candidates):
@@ -591,6 +641,6 @@ def gaussianizing_knots(
         best = int(np.argmax(scores))
         shrink = SHRINK_ROWS / (SHRINK_ROWS + n) if best == 0 else candidates[best]
         x_knots[j], z_knots[j] = _quantile_map(
-            pooled[j].ravel(), n, shrink, weights_of(pooled[j]), cell
+            pooled[j].ravel(), n, shrink, weights_of(pooled[j]), cell, jumps
         )
     return x_knots, z_knots
