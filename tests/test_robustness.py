@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -311,18 +312,38 @@ def test_sample_rejects_bad_counts(fitted, n_samples, match):
         fitted.sample(n_samples)
 
 
-def test_non_finite_samples_warn(monkeypatch):
+def test_draws_the_inverse_breaks_on_are_redrawn_or_warned_of(monkeypatch):
     est = FlowDensity(**FAST).fit(X)
-    real = est.flow_.sample
+    real = est.flow_.sample_with_latent
+    calls = []
 
-    def half_broken(n, generator=None):  # an inverse that breaks down on some draws
-        x = real(n, generator)
-        x[::2] = float("nan")
-        return x
+    def broken(n, generator=None, rows=slice(None, None, 2), value=float("nan")):
+        # An inverse that breaks down on some draws: non-finite, or far out
+        # (1e30; its forward map then misses the latent).
+        x, z = real(n, generator)
+        if len(calls) < limit:
+            x[rows] = value
+        calls.append(n)
+        return x, z
 
-    monkeypatch.setattr(est.flow_, "sample", half_broken)
-    with pytest.warns(InvertibilityWarning, match="3 of 5 samples are not finite"):
-        est.sample(5, random_state=0)
+    limit = 1  # the first call only: each broken row is drawn once more
+    for value in (float("nan"), 1e30):
+        calls.clear()
+        monkeypatch.setattr(est.flow_, "sample_with_latent", partial(broken, value=value))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InvertibilityWarning)
+            S = est.sample(5, random_state=0)
+        assert calls == [5, 3] and np.abs(S).max() < 10
+        # Reproducible, and the unbroken rows are the draws as they were.
+        monkeypatch.setattr(est.flow_, "sample_with_latent", real)
+        np.testing.assert_array_equal(S[1::2], est.sample(5, random_state=0)[1::2])
+    # An inverse that keeps breaking: those rows come back NaN, with a warning.
+    limit = 100
+    calls.clear()
+    monkeypatch.setattr(est.flow_, "sample_with_latent", broken)
+    with pytest.warns(InvertibilityWarning, match="1 of 5 samples are not finite"):
+        S = est.sample(5, random_state=0)
+    assert np.isnan(S[0]).all() and np.isfinite(S[1:]).all() and len(calls) == 9
 
 
 # 160 TB; bytes beyond torch's sizes; a numpy int whose product would wrap.

@@ -187,15 +187,23 @@ class Flow(nn.Module):
         they come from torch's global generator (and a layer's own draws from
         the thread's noise generator, if one is set: see :mod:`skflow.engine.rng`).
         Wrap in ``torch.no_grad()`` unless you need gradients."""
+        return self.sample_with_latent(n, generator)[0]
+
+    def sample_with_latent(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`sample`'s rows and the base draws they were mapped from
+        (``transform`` maps the rows back to them, up to round-off where
+        the inverse is well conditioned)."""
         z = self.base.sample(n, generator)
         if generator is None:
-            return self._invert(z)
+            return self._invert(z), z
         # Layers that draw noise of their own while sampling (augmented
         # continuous flows) take it from a generator seeded from
         # ``generator``, so samples stay reproducible.
         seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
         with drawing_from(torch.Generator(device=generator.device).manual_seed(seed)):
-            return self._invert(z)
+            return self._invert(z), z
 
     def _invert(self, z: Tensor) -> Tensor:
         # The latent draws are made at once (the same numbers for any n), the
