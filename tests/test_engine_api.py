@@ -124,8 +124,73 @@ def test_train_flow_refuses_bad_rows_and_settings():
     ]:
         with pytest.raises(ValueError, match=match):
             train_flow(flow, X_train, X_val, **kw)
-    with pytest.raises(ValueError, match="batch_size >= 1"):
-        train_flow(flow, X, None, **{**kw, "batch_size": 0})
+    # Settings out of range: a negative learning rate or clip_grad trained
+    # uphill and reported "converged"; 16.0 rows per batch failed in range().
+    for name, value in [
+        ("batch_size", 0),
+        ("batch_size", 16.0),
+        ("max_iter", True),
+        ("learning_rate", -0.01),
+        ("learning_rate", math.inf),
+        ("clip_grad", -5.0),
+        ("weight_decay", -1.0),
+        ("tol", -1.0),
+        ("n_iter_no_change", 0),
+        ("max_time", 0.0),
+    ]:
+        with pytest.raises(ValueError, match=f"train_flow's {name} must be"):
+            train_flow(flow, X, None, **{**kw, name: value})
+    for bad, match in [
+        (dict(weights=torch.ones(64)), "weights must be a pair"),
+        (dict(noise=(torch.zeros(64, 3, dtype=torch.float64), None)), "noise half-widths must"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            train_flow(flow, X, None, **kw, **bad)
+    # Rows that are no tensor, or on another device, fail here, not in a layer.
+    with pytest.raises(TypeError, match="takes a torch.Tensor, got ndarray"):
+        flow.log_prob(X.numpy())
+    with pytest.raises(ValueError, match="on the flow's device cpu; got meta"):
+        flow.log_prob(X.to("meta"))
+    for n in (-1, 2.5):
+        with pytest.raises(ValueError, match="non-negative int"):
+            flow.sample(n)
+    with pytest.raises(ValueError, match="positive int"):
+        StandardNormal(-1)
+    with pytest.raises(ValueError, match="needs hidden_units"):
+        build_transform("maf", 3, n_layers=2)
+
+
+def test_interrupted_training_keeps_the_best_weights_in_eval_mode():
+    from skflow.engine.training import validation_score
+
+    torch.manual_seed(0)
+    X = torch.randn(256, 3) * torch.tensor([1.0, 0.1, 3.0])
+    flow = _flow("maf", batch_norm=True)
+    start = validation_score(flow, X[200:])
+    states, scores = [], []
+
+    def interrupt(epoch: int, loss: float, val: float | None) -> None:
+        if epoch == 3:  # (before epoch 3 can count as the best)
+            raise KeyboardInterrupt
+        states.append({k: v.clone() for k, v in flow.state_dict().items()})
+        scores.append(val)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_flow(
+            flow,
+            X[:200],
+            X[200:],
+            max_iter=10,
+            batch_size=32,
+            learning_rate=1e-2,
+            on_epoch=interrupt,
+        )
+    # (Batch-statistics layers in train mode scored rows by their batch.)
+    assert not flow.training
+    assert max(scores) > start
+    best = states[scores.index(max(scores))]
+    for name, value in flow.state_dict().items():
+        torch.testing.assert_close(value, best[name], rtol=0, atol=0)
 
 
 def test_train_flow_without_validation_reports_the_kept_last_epoch():
@@ -165,6 +230,30 @@ def test_torch_func_gradients_match_autograd(kind):
         warnings.simplefilter("error", UserWarning)
         got = per_row(x.detach())
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", sorted(set(KINDS) - {"cnf"}))
+def test_vmap_over_stacked_parameters(kind):
+    # Ensembling by torch.func.stack_module_state: coupling layers wrote a
+    # batched y into an unbatched x in place, which vmap refuses.
+    import copy
+
+    from torch.func import functional_call, stack_module_state
+
+    flows = []
+    for seed in range(3):
+        flows.append(_flow(kind).double().eval())
+        torch.manual_seed(seed)
+        with torch.no_grad():  # (away from the zero-initialized identity)
+            for p in flows[-1].parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    params, buffers = stack_module_state(flows)
+    skeleton = copy.deepcopy(flows[0]).to("meta")
+    x = torch.randn(5, 3, dtype=torch.float64)
+    got = torch.func.vmap(lambda p, b: functional_call(skeleton, (p, b), (x,)))(params, buffers)
+    want = torch.stack([f.log_prob(x) for f in flows])
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(want[0], want[1])
 
 
 def test_vmap_of_the_planar_inverse():

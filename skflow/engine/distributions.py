@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from typing import Protocol, cast
 
 import torch
@@ -43,7 +44,9 @@ class StandardNormal(nn.Module):
 
     def __init__(self, n_features: int) -> None:
         super().__init__()
-        self.n_features = n_features
+        if not isinstance(n_features, Integral) or isinstance(n_features, bool) or n_features < 1:
+            raise ValueError(f"StandardNormal takes a positive int, got {n_features!r}.")
+        self.n_features: int = int(n_features)
         # A buffer (not a constant) so the distribution follows .to(device/dtype).
         self.register_buffer("_anchor", torch.zeros(()))
 
@@ -135,8 +138,19 @@ class Flow(nn.Module):
         return getattr(self.own_objective, "ema_decay", None)
 
     def check_rows(self, x: Tensor, what: str) -> None:
-        """Raise ``ValueError`` unless ``x`` holds rows ``(n, D)`` in the
-        flow's dtype (``what`` names the caller in the message)."""
+        """Raise ``TypeError`` unless ``x`` is a tensor, ``ValueError``
+        unless it holds rows ``(n, D)`` in the flow's dtype, on its device
+        (``what`` names the caller in the message)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"{what} takes a torch.Tensor, got {type(x).__name__} (torch.as_tensor(x))."
+            )
+        device = self.dequantization.device
+        if x.device != device:
+            raise ValueError(
+                f"{what} takes rows on the flow's device {device}; got {x.device} "
+                "(x.to(device), or the flow with .to(device))."
+            )
         if (
             x.dim() != 2
             or x.shape[-1] != self.base.n_features
@@ -195,6 +209,8 @@ class Flow(nn.Module):
         """:meth:`sample`'s rows and the base draws they were mapped from
         (``transform`` maps the rows back to them, up to round-off where
         the inverse is well conditioned)."""
+        if not isinstance(n, Integral) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"Flow.sample takes a non-negative int, got {n!r}.")
         z = self.base.sample(n, generator)
         if generator is None:
             return self._invert(z), z

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import cast
 
 import torch
@@ -418,7 +419,15 @@ def _noise_half_widths(
     if noise is None:
         half = flow.dequantization / 2
         return half.expand_as(X_train), half.expand_as(X_val) if X_val is not None else None
+    if not (isinstance(noise, tuple) and len(noise) == 2):
+        raise ValueError("noise must be a pair (training half-widths, validation ones or None).")
     half, half_val = noise
+    for widths in (half, half_val):
+        if widths is not None and (widths.dtype, widths.device) != (X_train.dtype, X_train.device):
+            raise ValueError(
+                f"noise half-widths must be in X_train's dtype and on its device "
+                f"({X_train.dtype}, {X_train.device}); got {widths.dtype} on {widths.device}."
+            )
     if half.shape != X_train.shape or (
         X_val is not None and (half_val is None or half_val.shape != X_val.shape)
     ):
@@ -435,6 +444,8 @@ def _checked_weights(
     X_train: Tensor, X_val: Tensor | None, weights: tuple[Tensor, Tensor | None] | None
 ) -> tuple[Tensor | None, Tensor | None]:
     """``weights`` as (training, validation), each None or one per row."""
+    if weights is not None and not (isinstance(weights, tuple) and len(weights) == 2):
+        raise ValueError("weights must be a pair (training weights, validation weights or None).")
     w_train, w_val = weights if weights is not None else (None, None)
     if (w_train is not None and w_train.shape != X_train.shape[:1]) or (
         w_val is not None and (X_val is None or w_val.shape != X_val.shape[:1])
@@ -473,6 +484,36 @@ def _run_epoch(
             return float(total) / (b + 1), True
     # (n_batches >= 1: the loop set total.)
     return float(cast(Tensor, total)) / n_batches, False
+
+
+# Each setting's type and allowed range: (integer?, lowest, lowest allowed?).
+_SETTINGS = {
+    "batch_size": (True, 1, True),
+    "max_iter": (True, 0, True),
+    "n_iter_no_change": (True, 1, True),
+    "learning_rate": (False, 0.0, False),
+    "weight_decay": (False, 0.0, True),
+    "tol": (False, 0.0, True),
+    "clip_grad": (False, 0.0, False),
+    "max_time": (False, 0.0, False),
+}
+
+
+def _check_settings(**settings: object) -> None:
+    """Refuse settings of the wrong type or range (a negative learning
+    rate or ``clip_grad`` trains uphill)."""
+    for name, value in settings.items():
+        integer, lowest, closed = _SETTINGS[name]
+        if value is None and name == "max_time":
+            continue
+        kind = Integral if integer else Real
+        number = float(value) if isinstance(value, kind) and not isinstance(value, bool) else None
+        if number is None or not (
+            math.isfinite(number) and (number >= lowest if closed else number > lowest)
+        ):
+            bound = f"{'>=' if closed else '>'} {lowest}"
+            what = "an int" if integer else "a finite number"
+            raise ValueError(f"train_flow's {name} must be {what} {bound}, got {value!r}.")
 
 
 def train_flow(
@@ -590,10 +631,16 @@ def train_flow(
             raise ValueError(
                 f"train_flow's {name} holds NaN or infinite values: drop or impute those rows."
             )
-    if batch_size < 1 or max_iter < 0:
-        raise ValueError(
-            f"train_flow needs batch_size >= 1 and max_iter >= 0, got {batch_size} and {max_iter}."
-        )
+    _check_settings(
+        batch_size=batch_size,
+        max_iter=max_iter,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        n_iter_no_change=n_iter_no_change,
+        tol=tol,
+        clip_grad=clip_grad,
+        max_time=max_time,
+    )
     with drawing_from(noise_generator):
         result = TrainingResult()
         params = [p for p in flow.parameters() if p.requires_grad]
@@ -664,57 +711,67 @@ def train_flow(
             return loss.detach()
 
         flow.train()
-        for epoch in range(1, max_iter + 1):
-            perm = (
-                torch.randperm(n, generator=generator) if draws is None else draws.epoch(generator)
-            )
-            train_loss, out_of_time = _run_epoch(
-                step, perm.to(X_train.device), batch_size, n_batches, deadline
-            )
-            result.n_iter = epoch
-            result.loss_curve.append(train_loss)
-            if ema is not None:
-                ema.swap()  # validate (and keep as best) the averaged weights
-            try:
-                val_score = (
-                    validation_score(flow, X_val, weights=w_val) if X_val is not None else None
+        try:
+            for epoch in range(1, max_iter + 1):
+                perm = (
+                    torch.randperm(n, generator=generator)
+                    if draws is None
+                    else draws.epoch(generator)
                 )
-            except SolverUnderflow:
-                val_score = math.nan
-
-            monitored = val_score if val_score is not None else -train_loss
-            if not (math.isfinite(train_loss) and math.isfinite(monitored)) or not _params_finite(
-                flow
-            ):
-                result.stop_reason = "diverged"
-                result.loss_curve[-1] = train_loss if math.isfinite(train_loss) else math.nan
-                if val_score is not None:
-                    result.validation_scores.append(
-                        val_score if math.isfinite(val_score) else math.nan
+                train_loss, out_of_time = _run_epoch(
+                    step, perm.to(X_train.device), batch_size, n_batches, deadline
+                )
+                result.n_iter = epoch
+                result.loss_curve.append(train_loss)
+                if ema is not None:
+                    ema.swap()  # validate (and keep as best) the averaged weights
+                try:
+                    val_score = (
+                        validation_score(flow, X_val, weights=w_val) if X_val is not None else None
                     )
-                flow.load_state_dict(best_state)
-                break
-            if val_score is not None:
-                result.validation_scores.append(val_score)
-            if on_epoch is not None:
-                on_epoch(epoch, train_loss, val_score)
+                except SolverUnderflow:
+                    val_score = math.nan
 
-            if monitored > best_score + tol:
-                stall = 0
-            else:
-                stall += 1
-            if monitored > best_score:
-                best_score = monitored
-                result.best_epoch = epoch
-                best_state = _snapshot(flow)
-            if ema is not None:
-                ema.swap()
-            if out_of_time:
-                result.stop_reason = "max_time"
-                break
-            if stall >= n_iter_no_change:
-                result.stop_reason = "converged"
-                break
+                monitored = val_score if val_score is not None else -train_loss
+                if not (
+                    math.isfinite(train_loss) and math.isfinite(monitored)
+                ) or not _params_finite(flow):
+                    result.stop_reason = "diverged"
+                    result.loss_curve[-1] = train_loss if math.isfinite(train_loss) else math.nan
+                    if val_score is not None:
+                        result.validation_scores.append(
+                            val_score if math.isfinite(val_score) else math.nan
+                        )
+                    flow.load_state_dict(best_state)
+                    break
+                if val_score is not None:
+                    result.validation_scores.append(val_score)
+                if on_epoch is not None:
+                    on_epoch(epoch, train_loss, val_score)
+
+                if monitored > best_score + tol:
+                    stall = 0
+                else:
+                    stall += 1
+                if monitored > best_score:
+                    best_score = monitored
+                    result.best_epoch = epoch
+                    best_state = _snapshot(flow)
+                if ema is not None:
+                    ema.swap()
+                if out_of_time:
+                    result.stop_reason = "max_time"
+                    break
+                if stall >= n_iter_no_change:
+                    result.stop_reason = "converged"
+                    break
+        except BaseException:
+            # Interrupted (Ctrl-C, an error in on_epoch, out of memory): the
+            # best weights so far, in eval mode, as a time budget leaves them.
+            if X_val is not None:
+                flow.load_state_dict(best_state)
+            flow.eval()
+            raise
         result.best_score = best_score
         if X_val is None and result.stop_reason != "diverged" and result.loss_curve:
             # Without validation data the last epoch's weights are kept.

@@ -551,6 +551,9 @@ class Coupling(Transform):
         params = self.net(x[:, cond_cols]).view(x.shape[0], self.n_trans, self.n_params)
         step = self.transformer.forward if forward else self.transformer.inverse
         y, ladj = step(x[:, trans_cols], params)
+        if functorch_active():
+            # (vmap over stacked parameters batches y but not x: no in-place write.)
+            return x.index_copy(1, self.idx_trans, y), ladj.sum(-1)
         out = x.clone()
         out[:, trans_cols] = y
         return out, ladj.sum(-1)

@@ -70,9 +70,10 @@ def build_transform(kind: str, n_features: int, **options: object) -> Transform:
     n_features : int
         Dimension of the data.
     **options
-        ``n_layers`` (required), ``hidden_units`` (a sequence of widths;
-        ``()`` for linear conditioners) and the kind's own options
-        (:func:`kind_options`; the kinds guide lists them).
+        ``n_layers`` (required), ``hidden_units`` (a sequence of widths,
+        ``()`` for linear conditioners; required but by ``"planar"``, which
+        has no conditioner) and the kind's own options
+        (:func:`skflow.engine.flows.kind_options`; the kinds guide lists them).
 
     Returns
     -------
@@ -93,11 +94,17 @@ def build_transform(kind: str, n_features: int, **options: object) -> Transform:
     builder, allowed = _builder(kind), kind_options(kind)
     if "n_layers" not in options:
         raise ValueError("build_transform needs n_layers (the number of layers or blocks).")
+    units_param = inspect.signature(builder).parameters["hidden_units"]
+    if "hidden_units" not in options and units_param.default is inspect.Parameter.empty:
+        raise ValueError(
+            f"build_transform({kind!r}) needs hidden_units (the conditioners' widths, e.g. "
+            "(64, 64); () for linear conditioners)."
+        )
     for name, value in (("n_features", n_features), ("n_layers", options["n_layers"])):
         # (Zero layers would silently build the identity.)
         if not _positive_int(value):
             raise ValueError(f"build_transform needs {name} >= 1, got {value!r}.")
-    units = options.get("hidden_units", ())
+    units = options.get("hidden_units", units_param.default)
     if (
         not isinstance(units, Sequence)
         or isinstance(units, str)
