@@ -2001,7 +2001,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         if self.flow_.own_objective is not None:
             return x
         low, high = self.lattice_range_ - self.center_
-        reach = np.maximum(high - low, 1e-300)
+        # A constant column's range is 0: its cell, else a sliver of its value, else 1.
+        reach = np.maximum(high - low, self.dequantization_)
+        reach = np.maximum(reach, 1e-3 * np.abs(self.lattice_range_).max(axis=0))
+        reach = np.where(reach > 0, reach, 1.0)
         low, high = (
             torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in (low - reach, high + reach)
         )

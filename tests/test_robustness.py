@@ -312,6 +312,21 @@ def test_sample_rejects_bad_counts(fitted, n_samples, match):
         fitted.sample(n_samples)
 
 
+@pytest.mark.parametrize("dequantize", ["auto", False])
+def test_healthy_draws_are_not_checked_again(monkeypatch, dequantize):
+    # Only draws far beyond the data are mapped forward again; a constant
+    # column (range 0) made every draw "far".
+    X3 = np.c_[X, np.full(len(X), 3.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = FlowDensity(dequantize=dequantize, **FAST).fit(X3)
+    checked = []
+    real = est.flow_.transform.forward
+    monkeypatch.setattr(est.flow_.transform, "forward", lambda x: checked.append(len(x)) or real(x))
+    est.sample(2000, random_state=0)
+    assert sum(checked) < 20
+
+
 def test_draws_the_inverse_breaks_on_are_redrawn_or_warned_of(monkeypatch):
     est = FlowDensity(**FAST).fit(X)
     real = est.flow_.sample_with_latent
