@@ -280,6 +280,8 @@ def _center(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
 # up to REDRAW_ROUNDS times.
 SAMPLE_LATENT_TOL = 1e-2
 REDRAW_ROUNDS = 8
+# The most draws that count as far out before "far" is widened tenfold.
+FAR_SHARE = 0.01
 # The methods that take sample_weight, which metadata routing can request.
 _ROUTED_METHODS = ("fit", "score")
 _SHAPE_PARAMS = (
@@ -1138,10 +1140,12 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         )
         bare = np.flatnonzero(steps > 0)
         if bare.size:
-            shown = [float(f"{step:.3g}") for step in steps[bare]]
+            # (At most 10 named: an image table has hundreds.)
+            more = f" and {bare.size - 10} more" if bare.size > 10 else ""
+            shown = [float(f"{step:.3g}") for step in steps[bare[:10]]]
             warnings.warn(
-                f"Column(s) {bare.tolist()} of X take only a few distinct values (steps of "
-                f"{shown}) but are not dequantized (dequantize=False or a zero width): a "
+                f"Column(s) {bare[:10].tolist()}{more} of X take only a few distinct values "
+                f"(steps of {shown}) but are not dequantized (dequantize=False or a zero width): a "
                 "continuous density on them grows without bound as training goes on, so "
                 "their log-densities measure training length rather than the data. "
                 "Leave dequantize='auto', or give each its step as width.",
@@ -1994,10 +1998,11 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         """``x`` (draws from base rows ``z``) with the far-out rows that do
         not map back to their ``z`` drawn anew (up to ``REDRAW_ROUNDS``
         times; NaN after that). In float arithmetic a learned inverse can
-        break down on a few ordinary latents (cardio: 1 in 10,000, sent
-        1e35 standard deviations out, their forward map 14-23 units off);
-        far rows are where that shows and few, so only they are checked.
-        (ODE inverses are checked at fit against their solver tolerance.)"""
+        break down on a few ordinary latents (cardio: 1 in 10,000, sent up
+        to 1e35 standard deviations out, their forward map 14-23 units
+        off); far rows are where that shows and few, so only they are
+        checked. (ODE inverses are checked at fit against their solver
+        tolerance.)"""
         if self.flow_.own_objective is not None:
             return x
         low, high = self.lattice_range_ - self.center_
@@ -2005,25 +2010,46 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         reach = np.maximum(high - low, self.dequantization_)
         reach = np.maximum(reach, 1e-3 * np.abs(self.lattice_range_).max(axis=0))
         reach = np.where(reach > 0, reach, 1.0)
-        low, high = (
-            torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in (low - reach, high + reach)
-        )
-        rows = torch.arange(x.shape[0], device=x.device)
-        for attempt in range(REDRAW_ROUNDS + 1):
-            far = ((x[rows] < low) | (x[rows] > high) | ~torch.isfinite(x[rows])).any(dim=1)
-            rows = rows[far]
-            if rows.numel() == 0:
-                return x
-            back = self.flow_.transform(x[rows])[0]
-            miss = ~((back - z[rows]).abs() <= SAMPLE_LATENT_TOL * (1 + z[rows].abs())).all(dim=1)
-            rows = rows[miss]
-            if rows.numel() == 0:
-                return x
-            if attempt == REDRAW_ROUNDS:
+        # "Far" must stay rare, so that checking costs nothing: a warm fit on
+        # moved rows leaves lattice_range_ behind, and then the reach widens.
+        widen = 1.0
+        while True:
+            rows = self._far_rows(x, low - widen * reach, high + widen * reach)
+            if rows.numel() <= max(FAR_SHARE * x.shape[0], 1) or widen >= 1e6:
                 break
-            x[rows], z[rows] = self.flow_.sample_with_latent(rows.numel(), gen)
+            widen *= 10
+        z = z[rows]  # (the rest of the latent is not needed: freed)
+        for attempt in range(REDRAW_ROUNDS + 1):
+            if rows.numel() == 0:
+                return x
+            back = torch.empty_like(z)
+
+            def forward(start: int, stop: int, back=back, rows=rows) -> None:
+                back[start:stop] = self.flow_.transform(x[rows[start:stop]])[0]
+
+            in_chunks(rows.numel(), x.device, forward)
+            miss = ~((back - z).abs() <= SAMPLE_LATENT_TOL * (1 + z.abs())).all(dim=1)
+            rows, z = rows[miss], z[miss]
+            if rows.numel() == 0 or attempt == REDRAW_ROUNDS:
+                break
+            x[rows], z = self.flow_.sample_with_latent(rows.numel(), gen)
         x[rows] = torch.nan  # (sample warns of them)
         return x
+
+    @staticmethod
+    def _far_rows(x: torch.Tensor, low: np.ndarray, high: np.ndarray) -> torch.Tensor:
+        """Indices of the rows of ``x`` with a value outside ``[low, high]``
+        or not finite, found chunk by chunk (no full-size temporaries)."""
+        low_t, high_t = (torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in (low, high))
+        found: list[torch.Tensor] = []
+
+        def step(start: int, stop: int) -> None:
+            block = x[start:stop]
+            out = ((block < low_t) | (block > high_t) | ~torch.isfinite(block)).any(dim=1)
+            found.append(torch.nonzero(out).flatten() + start)
+
+        in_chunks(x.shape[0], x.device, step)
+        return torch.cat(found) if found else torch.empty(0, dtype=torch.long, device=x.device)
 
     def _snap_to_lattice(self, samples: np.ndarray) -> np.ndarray:
         """Round dequantized features back onto their values, in place and

@@ -140,6 +140,9 @@ def test_train_flow_refuses_bad_rows_and_settings():
     ]:
         with pytest.raises(ValueError, match=f"train_flow's {name} must be"):
             train_flow(flow, X, None, **{**kw, name: value})
+    # inf means no clipping, no patience or time limit; any pair will do.
+    unlimited = dict(clip_grad=math.inf, max_time=math.inf, n_iter_no_change=math.inf)
+    assert train_flow(flow, X, None, **kw, **unlimited, weights=[torch.ones(64), None]).n_iter == 1
     for bad, match in [
         (dict(weights=torch.ones(64)), "weights must be a pair"),
         (dict(noise=(torch.zeros(64, 3, dtype=torch.float64), None)), "noise half-widths must"),
@@ -338,7 +341,7 @@ def test_training_steps_use_the_loss_validation_reports(kind):
         torch.testing.assert_close(loss(*inputs(idx)), flow.training_loss(rows[idx]).mean())
 
 
-def test_chunks_halve_on_a_gpu_that_runs_out_of_memory():
+def test_chunks_halve_on_a_gpu_that_runs_out_of_memory(monkeypatch):
     from skflow.engine.device import EVAL_CHUNK, in_chunks
 
     # The fixed chunk size cannot know a flow's activations (an image Glow
@@ -364,6 +367,29 @@ def test_chunks_halve_on_a_gpu_that_runs_out_of_memory():
 
     in_chunks(12, torch.device("mps"), mps_step)
     assert done[-1][1] == 12 and all(stop - start <= 5 for start, stop in done)
+
+    # A retried chunk draws the failed one's noise again: the same numbers
+    # as chunks of the smaller size from the start.
+    from skflow.engine.rng import drawing_from, noise_generator
+
+    def noisy(limit: int, out: list):
+        def step(start: int, stop: int) -> None:
+            noise = torch.randn(stop - start, generator=noise_generator())
+            if stop - start > limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            out.append(noise)
+
+        return step
+
+    retried, small = [], []
+    with drawing_from(torch.Generator().manual_seed(0)):
+        in_chunks(100_000, torch.device("cuda", 0), noisy(10_000, retried))
+    import skflow.engine.device as device_module
+
+    monkeypatch.setattr(device_module, "eval_chunk", lambda device: EVAL_CHUNK // 8)
+    with drawing_from(torch.Generator().manual_seed(0)):
+        in_chunks(100_000, torch.device("cuda", 0), noisy(10_000, small))
+    torch.testing.assert_close(torch.cat(retried), torch.cat(small), rtol=0, atol=0)
 
     # Other errors, a CPU's memory and a single row that does not fit stay errors.
     def failing(exc: Exception):

@@ -4,8 +4,11 @@ how many rows to process at a time on it."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
+
+from skflow.engine.rng import noise_generator
 
 EVAL_CHUNK = 65536
 # On a CPU, chunks this small keep a network's activations in cache: scoring
@@ -36,13 +39,19 @@ def in_chunks(n_rows: int, device: torch.device, step: Callable[[int, int], None
     nothing half-done when it raises."""
     rows = eval_chunk(device)
     start = 0
+    generator = noise_generator() if device.type != "cpu" else None
     while start < n_rows:
         stop = min(start + rows, n_rows)
+        # A retried chunk draws the failed one's noise again (an augmented
+        # flow's), as if the smaller chunks had been used from the start.
+        state = generator.get_state() if generator is not None else None
         try:
             step(start, stop)
-        except (RuntimeError, MemoryError) as exc:
+        except RuntimeError as exc:
             if device.type == "cpu" or stop - start == 1 or not _out_of_memory(exc):
                 raise
+            if generator is not None:
+                generator.set_state(cast(torch.Tensor, state))
             rows = (stop - start) // 2
             # (Outside the handler, the failed chunk's tensors are freed.)
             continue

@@ -419,7 +419,7 @@ def _noise_half_widths(
     if noise is None:
         half = flow.dequantization / 2
         return half.expand_as(X_train), half.expand_as(X_val) if X_val is not None else None
-    if not (isinstance(noise, tuple) and len(noise) == 2):
+    if not (isinstance(noise, tuple | list) and len(noise) == 2):
         raise ValueError("noise must be a pair (training half-widths, validation ones or None).")
     half, half_val = noise
     for widths in (half, half_val):
@@ -444,7 +444,7 @@ def _checked_weights(
     X_train: Tensor, X_val: Tensor | None, weights: tuple[Tensor, Tensor | None] | None
 ) -> tuple[Tensor | None, Tensor | None]:
     """``weights`` as (training, validation), each None or one per row."""
-    if weights is not None and not (isinstance(weights, tuple) and len(weights) == 2):
+    if weights is not None and not (isinstance(weights, tuple | list) and len(weights) == 2):
         raise ValueError("weights must be a pair (training weights, validation weights or None).")
     w_train, w_val = weights if weights is not None else (None, None)
     if (w_train is not None and w_train.shape != X_train.shape[:1]) or (
@@ -486,16 +486,17 @@ def _run_epoch(
     return float(cast(Tensor, total)) / n_batches, False
 
 
-# Each setting's type and allowed range: (integer?, lowest, lowest allowed?).
+# Each setting's type and allowed range: (integer?, lowest, lowest allowed?,
+# infinity allowed? (no clipping, no patience limit, no time limit)).
 _SETTINGS = {
-    "batch_size": (True, 1, True),
-    "max_iter": (True, 0, True),
-    "n_iter_no_change": (True, 1, True),
-    "learning_rate": (False, 0.0, False),
-    "weight_decay": (False, 0.0, True),
-    "tol": (False, 0.0, True),
-    "clip_grad": (False, 0.0, False),
-    "max_time": (False, 0.0, False),
+    "batch_size": (True, 1, True, False),
+    "max_iter": (True, 0, True, False),
+    "n_iter_no_change": (True, 1, True, True),
+    "learning_rate": (False, 0.0, False, False),
+    "weight_decay": (False, 0.0, True, False),
+    "tol": (False, 0.0, True, False),
+    "clip_grad": (False, 0.0, False, True),
+    "max_time": (False, 0.0, False, True),
 }
 
 
@@ -503,8 +504,10 @@ def _check_settings(**settings: object) -> None:
     """Refuse settings of the wrong type or range (a negative learning
     rate or ``clip_grad`` trains uphill)."""
     for name, value in settings.items():
-        integer, lowest, closed = _SETTINGS[name]
+        integer, lowest, closed, unbounded = _SETTINGS[name]
         if value is None and name == "max_time":
+            continue
+        if unbounded and value == math.inf:
             continue
         kind = Integral if integer else Real
         number = float(value) if isinstance(value, kind) and not isinstance(value, bool) else None
@@ -513,6 +516,7 @@ def _check_settings(**settings: object) -> None:
         ):
             bound = f"{'>=' if closed else '>'} {lowest}"
             what = "an int" if integer else "a finite number"
+            what += " (or inf)" if unbounded else ""
             raise ValueError(f"train_flow's {name} must be {what} {bound}, got {value!r}.")
 
 
