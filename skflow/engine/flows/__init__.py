@@ -94,8 +94,9 @@ def build_transform(kind: str, n_features: int, **options: object) -> Transform:
     builder, allowed = _builder(kind), kind_options(kind)
     if "n_layers" not in options:
         raise ValueError("build_transform needs n_layers (the number of layers or blocks).")
-    units_param = inspect.signature(builder).parameters["hidden_units"]
-    if "hidden_units" not in options and units_param.default is inspect.Parameter.empty:
+    units_param = inspect.signature(builder).parameters.get("hidden_units")
+    required = units_param is not None and units_param.default is inspect.Parameter.empty
+    if "hidden_units" not in options and required:
         raise ValueError(
             f"build_transform({kind!r}) needs hidden_units (the conditioners' widths, e.g. "
             "(64, 64); () for linear conditioners)."
@@ -104,7 +105,9 @@ def build_transform(kind: str, n_features: int, **options: object) -> Transform:
         # (Zero layers would silently build the identity.)
         if not _positive_int(value):
             raise ValueError(f"build_transform needs {name} >= 1, got {value!r}.")
-    units = options.get("hidden_units", units_param.default)
+    units = options.get(
+        "hidden_units", () if required or units_param is None else units_param.default
+    )
     if (
         not isinstance(units, Sequence)
         or isinstance(units, str)
