@@ -40,7 +40,7 @@ def test_samples_stay_near_the_data_where_the_inverse_breaks_down():
     X = data["X"][data["y"] == 0]
     est = FlowDensity(random_state=0).fit(X[: int(0.75 * len(X))])
     sd, low, high = X.std(axis=0), X.min(axis=0), X.max(axis=0)
-    for seed in (0, 2):
+    for seed in (1, 3):  # (draws that broke down without the check)
         S = est.sample(20000, random_state=seed)
         assert np.isfinite(S).all()
         assert (np.maximum(low - S, S - high) / sd).max() < 1e3
