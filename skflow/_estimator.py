@@ -274,7 +274,6 @@ def _center(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     return np.array([weighted_lower_median(col, weights) for col in X.T])
 
 
-# Parameters that shape the flow: a warm start cannot change them.
 # A draw more than one training range beyond the data whose forward map
 # misses its latent by more than this (relative to 1 + |z|) is drawn again,
 # up to REDRAW_ROUNDS times.
@@ -284,6 +283,7 @@ REDRAW_ROUNDS = 8
 FAR_SHARE = 0.01
 # The methods that take sample_weight, which metadata routing can request.
 _ROUTED_METHODS = ("fit", "score")
+# Parameters that shape the flow: a warm start cannot change them.
 _SHAPE_PARAMS = (
     "kind",
     "n_layers",
