@@ -9,6 +9,7 @@ keeps the fitted flow so that it pickles anywhere.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import os
@@ -58,10 +59,10 @@ from skflow._preprocessing import (
 )
 from skflow._progress import epoch_progress
 from skflow.engine import KINDS, Flow, StandardNormal, build_transform, resolve_device, train_flow
-from skflow.engine.device import in_chunks
+from skflow.engine.device import in_chunks, plain_torch
 from skflow.engine.diagnostics import round_trip_error
 from skflow.engine.flows import SHAPE_OPTIONS
-from skflow.engine.rng import drawing_from, seeded_global_rng
+from skflow.engine.rng import drawing_from, seeded_build
 from skflow.engine.transforms import (
     Affine,
     BatchNormFlow,
@@ -451,6 +452,21 @@ def _numpy_dtypes(X) -> list[str | None] | None:
         str(t) if isinstance(t, np.dtype) and t.kind in "biuf" else None for _, t in dtypes.items()
     ]
 
+
+
+def _plain_torch(training: bool = False):
+    """Run the method under :func:`~skflow.engine.device.plain_torch`: the
+    caller's default device, autocast or no_grad block does not reach in."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def inner(*args, **kwargs):
+            with plain_torch(training):
+                return method(*args, **kwargs)
+
+        return inner
+
+    return wrap
 
 class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     """Normalizing-flow density estimator and outlier detector.
@@ -1021,6 +1037,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             )
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @_plain_torch(training=True)
     def fit(self, X, y=None, sample_weight=None):
         """Fit the flow to ``X`` by maximum likelihood.
 
@@ -1205,9 +1222,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 f"{name} is a FlowDensity parameter, not a kind option: pass "
                 f"FlowDensity(kind={self.kind!r}, {name}=...) instead of kind_options."
             )
-        # (Layers draw their initial weights from torch's global CPU
-        # generator: flows are built on the CPU.)
-        with seeded_global_rng(seed):
+        with seeded_build(seed):
             try:
                 return self._build_flow(n_features, hidden_units)
             except (TypeError, ValueError) as exc:
@@ -1640,6 +1655,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         out[np.isnan(out)] = -np.inf
         return out
 
+    @_plain_torch()
     def score_samples(self, X):
         """Log-density of each row of ``X`` under the fitted flow.
 
@@ -1840,6 +1856,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 "coordinates than X). Fit with kind_options={'augment_dims': 0} to use it."
             )
 
+    @_plain_torch()
     def transform(self, X):
         """Map rows to the flow's latent space, where the fitted model is a
         standard normal distribution.
@@ -1909,6 +1926,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         self._check_bijective("fit_transform", fitted=False)
         return self.fit(X, y, **fit_params).transform(X)
 
+    @_plain_torch()
     def inverse_transform(self, X):
         """Map latent coordinates back to the units of the data.
 
@@ -2066,6 +2084,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             y[moved] = np.clip(snapped[moved], low[j], high[j])
         return samples
 
+    @_plain_torch()
     def sample(self, n_samples=1, random_state=None, as_frame=False):
         """Draw samples from the fitted density.
 
@@ -2222,6 +2241,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
         self.flow_ = self.flow_.to(device)
         self.device_ = device
 
+    @_plain_torch()
     def save(self, path):
         """Save the fitted estimator to a file that loads without running code.
 
@@ -2332,6 +2352,7 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
                 getattr(self, f"set_{method}_request")(**params)
 
     @classmethod
+    @_plain_torch()
     def load(cls, path, device=None):
         """Load an estimator written by :meth:`save`.
 
@@ -2394,9 +2415,9 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
             fitted = {k: _persistence.decode(v) for k, v in header["fitted"].items()}
             _check_fitted(fitted, cls)
             _check_size(est, fitted, tensors)
-            # (Initial weights the file's tensors replace; drawn under the lock
-            # so that loading neither moves nor races torch's global generator.)
-            with seeded_global_rng(0):
+            # (Initial weights the file's tensors replace, drawn from a
+            # generator of their own: loading leaves torch's global one alone.)
+            with seeded_build(0):
                 flow = est._build_flow(fitted["n_features_in_"], tuple(fitted["hidden_units_"]))
             flow = flow.to(_DTYPES[est.dtype])
             _persistence.check_tensors(flow.state_dict(), tensors)

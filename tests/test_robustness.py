@@ -610,6 +610,67 @@ def test_fits_in_threads_match_fits_alone_and_leave_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_building_a_flow_leaves_other_threads_draws_alone():
+    # Initial weights come from a generator of the fit's own: a thread
+    # drawing from torch's global generator meanwhile neither changes them
+    # nor sees its own stream rewound (numbers repeated).
+    import threading
+
+    alone = _fingerprint(FlowDensity(**{**FAST, "max_iter": 1}).fit(X), X)
+    torch.manual_seed(123)
+    expected = torch.rand(200_000, dtype=torch.float64)
+    torch.manual_seed(123)
+    draws, stop = [], threading.Event()
+
+    def draw():
+        while not stop.is_set():
+            draws.append(torch.rand(1, dtype=torch.float64))
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        fits = [_fingerprint(FlowDensity(**{**FAST, "max_iter": 1}).fit(X), X) for _ in range(5)]
+    finally:
+        stop.set()
+        thread.join()
+    assert fits == [alone] * 5
+    drawn = torch.cat(draws)[: expected.numel()]
+    assert torch.equal(drawn, expected[: drawn.numel()])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    ["float64_default", "meta_default_device", "no_grad", "inference_mode", "autocast"],
+)
+def test_callers_torch_settings_do_not_change_fits(settings):
+    # The caller's process-wide or thread-wide torch settings around a fit
+    # (a float64 default, a default device, a no_grad block for a whole
+    # script, bfloat16 autocast) must neither break it nor change its bits.
+    from contextlib import ExitStack
+
+    data = np.c_[X, np.random.default_rng(0).integers(0, 4, len(X))]
+    kinds = [("maf", {}), ("cnf", {"kind_options": {"training": "flow_matching"}})]
+    alone = [_fingerprint(FlowDensity(kind=k, **{**FAST, **p}).fit(data), data) for k, p in kinds]
+    fitted = FlowDensity(**FAST).fit(data)
+    with ExitStack() as stack:
+        if settings == "float64_default":
+            stack.callback(torch.set_default_dtype, torch.get_default_dtype())
+            torch.set_default_dtype(torch.float64)
+        elif settings == "meta_default_device":
+            stack.enter_context(torch.device("meta"))
+        elif settings == "no_grad":
+            stack.enter_context(torch.no_grad())
+        elif settings == "inference_mode":
+            stack.enter_context(torch.inference_mode())
+        else:
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        inside = [
+            _fingerprint(FlowDensity(kind=k, **{**FAST, **p}).fit(data), data) for k, p in kinds
+        ]
+        assert _fingerprint(fitted, data)[1:] == alone[0][1:]
+    assert inside == alone
+
+
 # ------------------------------------------------------------------------- load
 def test_scoring_and_sampling_in_chunks_match_one_pass(fitted, monkeypatch):
     # Chunks bound the memory of huge inputs (benchmarks/memory.py measures

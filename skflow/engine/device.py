@@ -3,7 +3,8 @@ how many rows to process at a time on it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import cast
 
 import torch
@@ -15,6 +16,29 @@ EVAL_CHUNK = 65536
 # runs about 20% faster than EVAL_CHUNK rows at a time, sampling a MAF or an
 # autoregressive NSF 20-30% faster (100,000-200,000 rows, one thread).
 CPU_EVAL_CHUNK = 4096
+
+
+_AUTOCAST_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+@contextmanager
+def plain_torch(training: bool = False) -> Iterator[None]:
+    """Within the block (in this thread), torch's thread-local settings as
+    the engine expects them, whatever the caller set around it: tensors made
+    without a device on the CPU (not a default device from
+    ``torch.set_default_device``), no autocast (which would compute a
+    float32 model in bfloat16), and with ``training``, autograd on (a fit
+    called inside the caller's ``torch.no_grad()`` or
+    ``torch.inference_mode()``)."""
+    with ExitStack() as stack:
+        stack.enter_context(torch.device("cpu"))
+        for device_type in _AUTOCAST_TYPES:
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        if training:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+        yield
 
 
 def eval_chunk(device: torch.device) -> int:

@@ -214,10 +214,22 @@ class Dynamics(nn.Module):
                 vectors = eye[:, None, :].expand(x.shape[1], *x.shape)
             else:
                 vectors = probes
-            # vjp[k] = vectors[k]^T df/dx, all vectors in one batched backward.
-            (vjp,) = torch.autograd.grad(
-                f, x, vectors, create_graph=create_graph, is_grads_batched=True
-            )
+            # vjp[k] = vectors[k]^T df/dx, all vectors in one batched backward
+            # (one at a time under anomaly detection, whose NaN checks cannot
+            # run batched: a user hunting NaNs turns it on).
+            if torch.is_anomaly_enabled():
+                vjp = torch.stack(
+                    [
+                        torch.autograd.grad(f, x, v, create_graph=create_graph, retain_graph=True)[
+                            0
+                        ]
+                        for v in vectors
+                    ]
+                )
+            else:
+                (vjp,) = torch.autograd.grad(
+                    f, x, vectors, create_graph=create_graph, is_grads_batched=True
+                )
         if probes is None:
             div = torch.einsum("ibi->b", vjp)
         else:

@@ -8,36 +8,22 @@ the noise drawn while training or sampling (dequantization, flow matching's
 noise and times, Hutchinson probes, augmented coordinates) comes from the
 generator that :func:`drawing_from` sets for the current thread, and only
 falls back to torch's global one outside such a block. Initial weights are
-drawn by the layers' own ``nn`` initializers from the global CPU generator:
-:func:`seeded_global_rng` seeds and restores it, one thread at a time.
+drawn by the layers' own ``nn`` initializers: :func:`seeded_build` hands
+them a seeded generator of their own, so building a flow neither reads nor
+moves the global one.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 _local = threading.local()
-# Serializes the blocks that seed torch's global CPU generator: it is one
-# per process, so two threads building flows at once would draw each
-# other's initial weights.
-_GLOBAL_RNG_LOCK = threading.RLock()
-
-
-def _fresh_lock() -> None:
-    # A child forked while another thread held the lock would never see it
-    # released: it starts with a free one.
-    global _GLOBAL_RNG_LOCK
-    _GLOBAL_RNG_LOCK = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):  # (not on Windows)
-    os.register_at_fork(after_in_child=_fresh_lock)
 
 
 @contextmanager
@@ -74,12 +60,51 @@ def draw(
     return sample(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
+# Random functions of torch (and in-place fills of tensors) that draw from a
+# generator given as ``generator=``; nn.init's functions take one too.
+_RANDOM = frozenset(
+    {"rand", "randn", "randint", "randperm", "normal", "bernoulli", "multinomial", "poisson"}
+    | {"rand_like", "randn_like", "randint_like"}
+    | {"uniform_", "normal_", "random_", "bernoulli_", "exponential_", "geometric_"}
+    | {"log_normal_", "cauchy_"}
+)
+# Factories whose floating results take torch's default dtype.
+_DEFAULT_DTYPE = frozenset(
+    {"empty", "zeros", "ones", "full", "eye", "arange", "linspace", "logspace"}
+    | {"tensor", "as_tensor", "rand", "randn", "normal"}
+)
+
+
+class _SeededBuild(TorchFunctionMode):
+    """Random draws from ``generator`` unless a call names its own, and
+    floating tensors made in float32 whatever the default dtype."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        name = getattr(func, "__name__", "")
+        if (name in _RANDOM or "generator" in kwargs) and kwargs.get("generator") is None:
+            kwargs["generator"] = self.generator
+        if name not in _DEFAULT_DTYPE or kwargs.get("dtype") is not None:
+            return func(*args, **kwargs)
+        if name in ("rand", "randn"):  # (float64 draws are other numbers)
+            kwargs["dtype"] = torch.float32
+        out = func(*args, **kwargs)
+        if isinstance(out, Tensor) and out.dtype == torch.get_default_dtype() != torch.float32:
+            out = out.float()
+        return out
+
+
 @contextmanager
-def seeded_global_rng(seed: int) -> Iterator[None]:
-    """torch's global CPU generator seeded with ``seed`` within the block and
-    restored after it, one thread at a time."""
-    # Not torch.manual_seed, which would also reseed every GPU generator,
-    # which fork_rng(devices=[]) does not restore.
-    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
+def seeded_build(seed: int) -> Iterator[None]:
+    """Within the block (in this thread), tensors are made on the CPU in
+    float32 (floating ones; the default dtype and device set with torch's
+    ``set_default_*`` do not apply) and random draws come from a generator
+    seeded with ``seed`` (unless a call passes its own): a flow built here
+    has the same initial weights in any thread and process, and torch's
+    global generators neither give nor lose a number."""
+    with torch.device("cpu"), _SeededBuild(torch.Generator().manual_seed(seed)):
         yield

@@ -21,7 +21,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from skflow.engine.device import EVAL_CHUNK, in_chunks
+from skflow.engine.device import EVAL_CHUNK, in_chunks, plain_torch
 from skflow.engine.distributions import Flow, OwnObjective
 from skflow.engine.ode import SolverUnderflow, underflow_as_error
 from skflow.engine.rng import draw, drawing_from
@@ -645,7 +645,7 @@ def train_flow(
         clip_grad=clip_grad,
         max_time=max_time,
     )
-    with drawing_from(noise_generator):
+    with plain_torch(training=True), drawing_from(noise_generator):
         result = TrainingResult()
         params = [p for p in flow.parameters() if p.requires_grad]
         if not params:  # nothing to learn (e.g. a purely fixed transform)
