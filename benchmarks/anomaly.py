@@ -107,8 +107,9 @@ def main(argv=None):
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     scores = fit(X_train, X_test)
                 seconds = time.perf_counter() - start
-                # Never rank NaN as normal.
-                scores = np.nan_to_num(scores, nan=np.inf, posinf=np.inf)
+                # Never rank NaN as normal; roc_auc_score refuses infinities.
+                top = np.finfo(float).max
+                scores = np.nan_to_num(scores, nan=top, posinf=top, neginf=-top)
                 auc = roc_auc_score(y_test, scores)
                 per_seed[method].append((float(auc), seconds))
                 print(
