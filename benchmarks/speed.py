@@ -1,7 +1,8 @@
 """Speed of skflow against zuko, nflows and normflows, and against a plain torch loop.
 
 Protocol: one synthetic table of 50,000 x 10 (a rotated mixture of skewed
-blobs, standardized), one torch thread for every contender (``--threads``).
+blobs, standardized), one torch thread (and one numpy BLAS thread) for every
+contender (``--threads``).
 Every flow has the same architecture: 5 layers, conditioner hidden (64, 64)
 (three weight matrices a layer, no residual blocks), ReLU; maf = affine MADE
 layers with the order reversed between them, realnvp = affine couplings with
@@ -81,6 +82,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks._common import RESULTS, markdown_table, write_json
@@ -514,15 +516,20 @@ def time_default_fit(X: np.ndarray, threads: int) -> dict:
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    # numpy's BLAS (OpenBLAS: GaussianMixture's work, and fit's
+    # preprocessing) on as many threads as torch: left at its default of
+    # every core, one GaussianMixture fit on the shared 2-core machine took
+    # 6.9 CPU seconds instead of 0.8 on one thread.
     try:
-        wall, cpu = time.perf_counter(), clock()
-        est = FlowDensity(random_state=0).fit(X)
-        flow_wall, flow_cpu = time.perf_counter() - wall, clock() - cpu
-        wall, cpu = time.perf_counter(), clock()
-        gmm = GridSearchCV(
-            GaussianMixture(random_state=0), {"n_components": list(range(1, 11))}, cv=3
-        ).fit(X)
-        gmm_wall, gmm_cpu = time.perf_counter() - wall, clock() - cpu
+        with threadpool_limits(threads):
+            wall, cpu = time.perf_counter(), clock()
+            est = FlowDensity(random_state=0).fit(X)
+            flow_wall, flow_cpu = time.perf_counter() - wall, clock() - cpu
+            wall, cpu = time.perf_counter(), clock()
+            gmm = GridSearchCV(
+                GaussianMixture(random_state=0), {"n_components": list(range(1, 11))}, cv=3
+            ).fit(X)
+            gmm_wall, gmm_cpu = time.perf_counter() - wall, clock() - cpu
     finally:
         torch.set_num_threads(before)
     return {
@@ -686,9 +693,11 @@ def main(argv=None) -> None:
         warnings.filterwarnings("ignore", message="FlowDensity reached max_iter")
         torch.set_num_threads(args.threads)
         X = make_data()
-        training = time_training(X, args.rounds, available_peers())
-        scoring = time_scoring(X, args.rounds)
-        sampling = time_sampling(X, args.rounds)
+        # numpy's BLAS too on --threads threads (see time_default_fit).
+        with threadpool_limits(args.threads):
+            training = time_training(X, args.rounds, available_peers())
+            scoring = time_scoring(X, args.rounds)
+            sampling = time_sampling(X, args.rounds)
         default_fit = None if args.skip_default_fit else time_default_fit(X, args.fit_threads)
     rows = summarize(training, scoring, sampling, default_fit)
     steps_rows = [
