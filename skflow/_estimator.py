@@ -595,8 +595,10 @@ class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     whiten : bool, default=True
         Start the flow with a fixed linear whitening layer fitted to the
         data (mean and Ledoit-Wolf-shrunk covariance), so that before
-        training the model already is the best single Gaussian and its layers
-        learn only what is not Gaussian. Robust on small, correlated tables.
+        training the model already is a (shrunk) single Gaussian and its
+        layers learn only what is not Gaussian. Robust on small, correlated
+        tables; on near-collinear ones the shrinkage puts the start below
+        the maximum-likelihood Gaussian (4.5 nats per row on breast_cancer).
         With False, the fixed first layer only standardizes each feature.
         Either way the layer's log-determinant is part of the density.
     gaussianize : bool, default=True
