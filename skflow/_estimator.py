@@ -453,7 +453,6 @@ def _numpy_dtypes(X) -> list[str | None] | None:
     ]
 
 
-
 def _plain_torch(training: bool = False):
     """Run the method under :func:`~skflow.engine.device.plain_torch`: the
     caller's default device, autocast or no_grad block does not reach in."""
@@ -467,6 +466,7 @@ def _plain_torch(training: bool = False):
         return inner
 
     return wrap
+
 
 class FlowDensity(OutlierMixin, TransformerMixin, BaseEstimator):
     """Normalizing-flow density estimator and outlier detector.
