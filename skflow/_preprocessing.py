@@ -511,10 +511,12 @@ def _gap_ends(ranked: Ranked, quartiles: np.ndarray, scale: float) -> np.ndarray
 
 def _inner_gap_ends(ranked: Ranked, n_bins: int) -> np.ndarray:
     """Quantile levels of both ends of the ``MAX_INNER_GAPS`` empty stretches
-    of a column that are widest relative to its values on either side: wider
-    than ``INNER_GAP_RATIO`` times the mean spacing of the half coarse bin's
-    worth of values on each side (a gap between modes)."""
-    values = ranked.values
+    between a column's distinct values that are widest relative to those on
+    either side: wider than ``INNER_GAP_RATIO`` times the mean spacing of the
+    half coarse bin's worth of distinct values on each side (a gap between
+    modes). Distinct values, because the pooled copies of rows without
+    dequantization noise (ties) would shrink that spacing eightfold."""
+    values, first = np.unique(ranked.values, return_index=True)
     k = max(2, values.size // (2 * n_bins))
     if values.size < 4 * k:
         return np.empty(0)
@@ -525,9 +527,10 @@ def _inner_gap_ends(ranked: Ranked, n_bins: int) -> np.ndarray:
     # from counting.)
     local = np.maximum(values[at] - values[at - k], values[at + 1 + k] - values[at + 1]) / k
     ratio = gaps / np.maximum(local, np.finfo(float).tiny)
-    wide = np.flatnonzero((ratio > INNER_GAP_RATIO) & (gaps > 0))
+    wide = np.flatnonzero(ratio > INNER_GAP_RATIO)
     wide = wide[np.argsort(-ratio[wide], kind="stable")][:MAX_INNER_GAPS]
-    return ranked.gap_levels(at[wide])
+    # (The last sorted copy of the value before each gap.)
+    return ranked.gap_levels(first[at[wide] + 1] - 1)
 
 
 def _tail_levels(ranked: Ranked, n: float, p_first: float, p_lo: float, floor: float) -> np.ndarray:

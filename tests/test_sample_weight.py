@@ -69,19 +69,9 @@ def test_reweighting_a_real_table():
         X, y, test_size=0.3, random_state=0, stratify=y
     )
     w = np.where(y_train == 0, 5.0, 1.0)
-    # (Two seeds: the gain on the varied malignant rows is a nat or less,
-    # within one fit's seed-to-seed spread.)
-    plain, weighted = (
-        np.mean(
-            [
-                FlowDensity(random_state=seed).fit(X_train, sample_weight=sw).score_samples(X_test)
-                for seed in (0, 1)
-            ],
-            axis=0,
-        )
-        for sw in (None, w)
-    )
-    assert weighted[y_test == 0].mean() > plain[y_test == 0].mean() + 0.2
+    plain = FlowDensity(random_state=0).fit(X_train).score_samples(X_test)
+    weighted = FlowDensity(random_state=0).fit(X_train, sample_weight=w).score_samples(X_test)
+    assert weighted[y_test == 0].mean() > plain[y_test == 0].mean() + 0.5
     assert weighted[y_test == 1].mean() < plain[y_test == 1].mean() - 2.0
 
 

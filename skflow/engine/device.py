@@ -21,6 +21,15 @@ CPU_EVAL_CHUNK = 4096
 _AUTOCAST_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no argument, CUDA's; CPU's apart
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return device_type == "cuda" and torch.is_autocast_enabled()
+
+
 @contextmanager
 def plain_torch(training: bool = False) -> Iterator[None]:
     """Within the block (in this thread), torch's thread-local settings as
@@ -36,7 +45,7 @@ def plain_torch(training: bool = False) -> Iterator[None]:
         if torch.empty(0).device.type != "cpu":
             stack.enter_context(torch.device("cpu"))
         for device_type in _AUTOCAST_TYPES:
-            if torch.is_autocast_enabled(device_type):
+            if _autocast_enabled(device_type):
                 stack.enter_context(torch.autocast(device_type, enabled=False))
         if training:
             stack.enter_context(torch.inference_mode(False))

@@ -86,7 +86,12 @@ class _SeededBuild(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         name = getattr(func, "__name__", "")
-        if (name in _RANDOM or "generator" in kwargs) and kwargs.get("generator") is None:
+        random = name in _RANDOM or "generator" in kwargs
+        # (A generator the call passes, by name or position, is the call's own.)
+        own = kwargs.get("generator") is not None or any(
+            isinstance(a, torch.Generator) for a in args
+        )
+        if random and not own:
             kwargs["generator"] = self.generator
         if name not in _DEFAULT_DTYPE or kwargs.get("dtype") is not None:
             return func(*args, **kwargs)
