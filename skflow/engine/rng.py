@@ -63,7 +63,8 @@ def draw(
 # Random functions of torch (and in-place fills of tensors) that draw from a
 # generator given as ``generator=``; nn.init's functions take one too.
 _RANDOM = frozenset(
-    {"rand", "randn", "randint", "randperm", "normal", "bernoulli", "multinomial", "poisson"}
+    {"rand", "randn", "randint", "randperm", "normal", "bernoulli", "binomial", "multinomial"}
+    | {"poisson"}
     | {"rand_like", "randn_like", "randint_like"}
     | {"uniform_", "normal_", "random_", "bernoulli_", "exponential_", "geometric_"}
     | {"log_normal_", "cauchy_"}
