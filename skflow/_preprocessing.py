@@ -330,17 +330,13 @@ def degenerate_columns(
             and (weights is None or weights[bulk].sum() > 0)
         ):
             tied = np.intersect1d(
-                tied,
-                _tied_columns(X[bulk], noise_var, None if weights is None else weights[bulk]),
+                tied, _tied_columns(X[bulk], noise_var, None if weights is None else weights[bulk])
             )
     return constant, tied.tolist()
 
 
 def standardization(
-    X: np.ndarray,
-    noise_var: np.ndarray,
-    whiten: bool,
-    weights: np.ndarray | None = None,
+    X: np.ndarray, noise_var: np.ndarray, whiten: bool, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Location and lower-triangular scale ``L`` of the dequantized data
     (``noise_var``: the variance the dequantization noise adds to each
@@ -516,7 +512,9 @@ def _inner_gap_ends(ranked: Ranked, n_bins: int) -> np.ndarray:
     half coarse bin's worth of distinct values on each side (a gap between
     modes). Distinct values, because the pooled copies of rows without
     dequantization noise (ties) would shrink that spacing eightfold."""
-    values, first = np.unique(ranked.values, return_index=True)
+    # (The values are sorted: each distinct one's first copy, without a sort.)
+    first = np.flatnonzero(np.r_[True, ranked.values[1:] != ranked.values[:-1]])
+    values = ranked.values[first]
     k = max(2, values.size // (2 * n_bins))
     if values.size < 4 * k:
         return np.empty(0)

@@ -649,6 +649,29 @@ def test_plain_torch_adds_no_python_dispatch_by_default():
         assert torch.empty(1).device.type == "cpu"
 
 
+def test_plain_torch_reads_autocast_on_torch_before_2_4(monkeypatch):
+    # torch < 2.4's is_autocast_enabled takes no argument (CUDA's state).
+    from skflow.engine.device import _autocast_enabled
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "is_autocast_enabled", lambda: False)
+            assert _autocast_enabled("cpu") and not _autocast_enabled("cuda")
+    assert not _autocast_enabled("cpu")
+
+
+def test_seeded_build_keeps_a_generator_the_call_passes():
+    from skflow.engine.rng import seeded_build
+
+    rate = torch.full((4,), 3.0)
+    expected = torch.poisson(rate, torch.Generator().manual_seed(1))
+    with seeded_build(0):
+        by_position = torch.poisson(rate, torch.Generator().manual_seed(1))
+        by_name = torch.rand(4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(by_position, expected)
+    assert torch.equal(by_name, torch.rand(4, generator=torch.Generator().manual_seed(1)))
+
+
 @pytest.mark.parametrize(
     "settings",
     ["float64_default", "meta_default_device", "no_grad", "inference_mode", "autocast"],

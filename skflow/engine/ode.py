@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import torch
@@ -218,14 +219,10 @@ class Dynamics(nn.Module):
             # (one at a time under anomaly detection, whose NaN checks cannot
             # run batched: a user hunting NaNs turns it on).
             if torch.is_anomaly_enabled():
-                vjp = torch.stack(
-                    [
-                        torch.autograd.grad(f, x, v, create_graph=create_graph, retain_graph=True)[
-                            0
-                        ]
-                        for v in vectors
-                    ]
+                grad = partial(
+                    torch.autograd.grad, f, x, create_graph=create_graph, retain_graph=True
                 )
+                vjp = torch.stack([grad(v)[0] for v in vectors])
             else:
                 (vjp,) = torch.autograd.grad(
                     f, x, vectors, create_graph=create_graph, is_grads_batched=True
